@@ -1,0 +1,65 @@
+#pragma once
+// MoE layout detection: from tensor names (and shapes) find every MoE layer, its router, its experts and each
+// expert's matrices, for the Hugging Face families and moescope's own checkpoints.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moescope/io/tensor.hpp"
+
+namespace moescope {
+
+/// A 2-D (or 1-D) strided view of one expert's matrix inside a tensor: element (r, c) is the flat element
+/// offset + r * row_stride + c * col_stride of `tensor`. Plain per-expert tensors have offset 0,
+/// row_stride = cols, col_stride = 1; fused 3-D tensors select expert e by offset and may interleave columns.
+struct MatrixView {
+  std::string role;    // "gate", "up", "down" (Mixtral w1/w3/w2, Switch wi/wo -> up/down, fc1/fc2 -> up/down),
+                       // "gate_bias", "up_bias", "down_bias", or the custom pattern's matrix name
+  std::string tensor;  // tensor name in the checkpoint
+  std::int64_t rows = 0, cols = 0;
+  std::int64_t offset = 0, row_stride = 0, col_stride = 1;
+  std::int64_t numel() const { return rows * cols; }
+  /// True when the view covers elements [offset, offset + numel) in order.
+  bool contiguous() const { return col_stride == 1 && (rows <= 1 || row_stride == cols); }
+};
+
+struct ExpertLayout {
+  int index = 0;
+  std::vector<MatrixView> matrices;  // sorted by role
+  const MatrixView* find(const std::string& role) const;
+};
+
+struct MoELayerLayout {
+  std::string key;      // stable report key: "layer_03", or "encoder_layer_01" / "decoder_layer_01" for Switch
+  std::string prefix;   // tensor-name prefix of the block, e.g. "model.layers.3.block_sparse_moe"
+  int layer = 0;        // the model's own layer number
+  std::string router;   // router weight tensor, "" if none found
+  std::string router_bias;
+  std::vector<ExpertLayout> experts;        // sorted by index
+  std::vector<ExpertLayout> shared_experts; // Qwen shared_expert / DeepSeek shared_experts, reported apart
+  std::string shared_expert_gate;           // Qwen2-MoE shared_expert_gate
+  std::string activation;  // "swiglu" (gate,up,down), "relu" (up,down): how the expert computes
+};
+
+struct Layout {
+  std::string family;  // "mixtral", "olmoe-qwen-deepseek", "switch", "fused-v5", "gpt-oss", "moescope", "custom", "none"
+  std::vector<MoELayerLayout> layers;  // in model order
+  std::vector<std::string> notes;      // e.g. "layers 0-2 are dense (no experts)"
+};
+
+struct LayoutOptions {
+  /// ECMAScript regex with named groups written (?<layer>...), (?<expert>...), (?<matrix>...); std::regex has
+  /// no named groups, so they are rewritten to numbered ones. When set, it replaces the built-in families.
+  std::string expert_pattern;
+};
+
+/// Detects the layout. Throws InputError when the expert pattern is invalid or lacks a group, or when
+/// experts of one layer disagree in matrices or shapes.
+Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions& opts = {});
+
+/// Reads elements [first, first + count) of the view (row-major over rows x cols) as double.
+void read_view_f64(const TensorSource& src, const MatrixView& view, std::int64_t first, std::int64_t count,
+                   double* out);
+
+}  // namespace moescope

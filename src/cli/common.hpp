@@ -1,0 +1,31 @@
+#pragma once
+// Shared pieces of the subcommands: the run context, provenance and thread set-up.
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "moescope/io/report.hpp"
+
+namespace moescope::cli {
+
+/// What every subcommand gets: the command line as typed and the global options.
+struct Context {
+  std::string command_line;  // shell-quoted argv
+  int threads = 0;           // 0 = all cores
+  std::string log_level = "info";
+  std::string hash = "auto";  // checkpoint hashing: auto, full, header, none
+};
+
+/// Sets torch's intra-op threads (and the library's worker count) from ctx.threads; returns the count used.
+int apply_threads(const Context& ctx);
+
+/// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).
+Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed = 0);
+
+/// Parses "0,3-5,7" into sorted unique indices; throws InputError naming the flag.
+std::vector<int> parse_index_list(const std::string& spec, const std::string& flag);
+
+void add_inspect(CLI::App& app, Context& ctx);
+void add_geometry(CLI::App& app, Context& ctx);
+
+}  // namespace moescope::cli

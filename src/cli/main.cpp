@@ -1,0 +1,60 @@
+// moescope: a thin shell over the library. Parse flags, call one library function, write one report.
+// Exit codes: 0 ok, 1 internal error, 2 bad usage or bad input.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "common.hpp"
+#include "moescope/util/error.hpp"
+#include "moescope/version.hpp"
+
+namespace {
+
+std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
+                        std::string::npos)
+    return s;
+  std::string q = "'";
+  for (char c : s) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace moescope;
+  cli::Context ctx;
+  for (int i = 0; i < argc; ++i) ctx.command_line += (i ? " " : "") + shell_quote(argv[i]);
+
+  CLI::App app{"moescope: what the experts of a Mixture-of-Experts model have learned, and the loss landscape "
+               "around it"};
+  app.set_version_flag("--version", std::string("moescope ") + kVersion);
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.add_option("--threads", ctx.threads, "Worker threads (torch intra-op and the library's); 0 = all cores")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", ctx.log_level, "trace, debug, info, warn, error, off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  cli::add_inspect(app, ctx);
+  cli::add_geometry(app, ctx);
+
+  auto logger = spdlog::stderr_color_mt("moescope");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%^[%l]%$ %v");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  } catch (const InputError& e) {
+    std::cerr << "moescope: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "moescope: internal error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,40 @@
+#pragma once
+// Shared test helpers: temporary folders, files, and running the moescope executable.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moescope::testing {
+
+/// A fresh folder under $TMPDIR, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void write_bytes(const std::string& path, const std::vector<std::uint8_t>& bytes);
+void write_text(const std::string& path, const std::string& text);
+std::vector<std::uint8_t> read_bytes(const std::string& path);
+bool file_exists(const std::string& path);
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+/// Runs the moescope executable (path from $MOESCOPE_BIN, set by CTest) with the given arguments.
+CliResult run_moescope(const std::vector<std::string>& args);
+
+/// Float32 values as little-endian bytes; likewise bf16 (round to nearest even) and f16.
+std::vector<std::uint8_t> f32_bytes(const std::vector<float>& v);
+std::vector<std::uint8_t> bf16_bytes(const std::vector<float>& v);
+
+}  // namespace moescope::testing
