@@ -17,6 +17,24 @@ namespace moescope {
 /// Throws InputError naming the path and the problem.
 std::unique_ptr<TensorSource> open_checkpoint(const std::string& path);
 
+/// What a checkpoint path resolves to.
+struct ResolvedCheckpoint {
+  enum class Kind { Safetensors, ShardIndex, TorchPickle } kind = Kind::Safetensors;
+  std::string path;  // the file or index to open
+};
+/// Resolves a path as open_checkpoint does (folders to the file or index inside). Throws InputError.
+ResolvedCheckpoint resolve_checkpoint(const std::string& path);
+
+/// A digest identifying a checkpoint for reports.
+struct CheckpointHash {
+  std::string sha256;  // hex, "" when scope is "none"
+  std::string scope;   // "file" (all bytes), "index" (the shard index JSON), "header" (safetensors header
+                       // bytes and file size: cheap for huge files), "none"
+};
+/// mode: "full" hashes the file (or the index of a sharded checkpoint), "header" the safetensors header(s),
+/// "none" nothing, "auto" = full up to 2 GiB, header beyond.
+CheckpointHash hash_checkpoint(const std::string& path, const std::string& mode);
+
 /// Reads a torch.save'd state dict into memory (tensors converted to contiguous CPU bytes).
 std::unique_ptr<TensorSource> read_torch_state_dict(const std::string& path);
 

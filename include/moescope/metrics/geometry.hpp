@@ -1,0 +1,61 @@
+#pragma once
+// Weight-space geometry of the experts of one MoE layer.
+//
+// Definitions (written in docs/metrics.md too):
+//  - expert vector v_e: the expert's chosen matrices flattened row-major and concatenated in role order;
+//    u_e = v_e / ||v_e||;
+//  - overlap[i, j] = <u_i, u_j> (cosine similarity); MSO = mean over pairs i != j of overlap[i, j]^2
+//    (Kim 2026, "Geometric Regularization in MoE", arXiv:2601.00457; independent random vectors in D
+//    dimensions give E[MSO] = 1/D);
+//  - parameter variance = mean over coordinates c of the unbiased variance across experts of v_e[c]
+//    (OMoE, Liu et al. 2023, arXiv:2310.09762, whose exact statistic is not given), also on u_e.
+// Gram sums are accumulated in float64 chunk by chunk from the checkpoint; no concatenated copy is made.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "moescope/io/layout.hpp"
+#include "moescope/io/tensor.hpp"
+
+namespace moescope {
+
+struct GeometryOptions {
+  /// Roles to concatenate ("gate", "up", "down"; aliases w1/w3/w2 and fc1/fc2 and wi/wo are accepted).
+  /// Empty: every weight matrix of the expert (biases excluded).
+  std::vector<std::string> roles;
+  /// Worker threads (>= 1). The result depends on the thread count only through float64 summation order.
+  int threads = 1;
+  /// Elements per chunk per expert; 0 chooses min(65536, 2^22 / E).
+  std::int64_t chunk = 0;
+};
+
+struct LayerGeometry {
+  std::string key;
+  int layer = 0;
+  int experts = 0;
+  std::int64_t dim = 0;                 // D, the length of each expert vector
+  std::vector<std::string> roles;       // matrices used, in concatenation order
+  Eigen::MatrixXd gram;                 // <v_i, v_j>
+  Eigen::MatrixXd overlap;              // <u_i, u_j>
+  std::vector<double> norms;            // ||v_e||
+  double mso = 0;
+  double param_variance = 0;
+  double param_variance_normalized = 0;
+  double mean_norm = 0;
+};
+
+/// Canonical role name for a user's matrix name ("w1" -> "gate", "fc2" -> "down", ...); unknown names unchanged.
+std::string canonical_role(const std::string& name);
+
+/// Measures one layer. Throws InputError when a requested role is missing from the layer's experts.
+LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& layer, const GeometryOptions& opts);
+
+/// Mean over pairs i != j of overlap(i, j)^2. Requires at least 2 experts.
+double mean_squared_overlap(const Eigen::MatrixXd& overlap);
+/// Cosine matrix from a Gram matrix (NaN rows/cols for zero vectors).
+Eigen::MatrixXd overlap_from_gram(const Eigen::MatrixXd& gram);
+
+}  // namespace moescope

@@ -1,0 +1,155 @@
+#include "moescope/metrics/geometry.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include <Eigen/Dense>
+
+#include "moescope/util/error.hpp"
+
+namespace moescope {
+namespace {
+
+// Per-thread partial sums over a slice of the coordinates.
+struct Partial {
+  Eigen::MatrixXd gram;
+  double var_sum = 0;  // sum over coordinates of the unbiased variance across experts
+};
+
+std::vector<const MatrixView*> chosen_views(const ExpertLayout& e, const std::vector<std::string>& roles) {
+  std::vector<const MatrixView*> out;
+  for (const auto& r : roles) out.push_back(e.find(r));
+  return out;
+}
+
+// Accumulates coordinates [first, last) of one role into p, reading `chunk` elements per expert at a time.
+void accumulate(const TensorSource& src, const std::vector<const MatrixView*>& views, std::int64_t first,
+                std::int64_t last, std::int64_t chunk, Partial& p) {
+  const auto E = static_cast<Eigen::Index>(views.size());
+  Eigen::MatrixXd block(E, chunk);  // column-major: column k holds all experts' coordinate k
+  std::vector<double> buf(static_cast<std::size_t>(chunk));
+  for (std::int64_t at = first; at < last; at += chunk) {
+    const std::int64_t n = std::min(chunk, last - at);
+    for (Eigen::Index e = 0; e < E; ++e) {
+      read_view_f64(src, *views[static_cast<std::size_t>(e)], at, n, buf.data());
+      block.row(e).head(n) = Eigen::Map<const Eigen::RowVectorXd>(buf.data(), n);
+    }
+    const auto b = block.leftCols(n);
+    p.gram.selfadjointView<Eigen::Lower>().rankUpdate(b);
+    if (E > 1) {
+      const Eigen::RowVectorXd mean = b.colwise().mean();
+      p.var_sum += (b.rowwise() - mean).squaredNorm() / static_cast<double>(E - 1);
+    }
+  }
+}
+
+}  // namespace
+
+std::string canonical_role(const std::string& name) {
+  if (name == "w1" || name == "gate_proj" || name == "w_gate") return "gate";
+  if (name == "w3" || name == "up_proj" || name == "w_up" || name == "fc1" || name == "wi") return "up";
+  if (name == "w2" || name == "down_proj" || name == "w_down" || name == "fc2" || name == "wo") return "down";
+  return name;
+}
+
+double mean_squared_overlap(const Eigen::MatrixXd& overlap) {
+  const auto E = overlap.rows();
+  if (E < 2 || overlap.cols() != E) throw std::invalid_argument("mean_squared_overlap: need a square matrix, E >= 2");
+  double s = 0;
+  for (Eigen::Index i = 0; i < E; ++i)
+    for (Eigen::Index j = i + 1; j < E; ++j) s += overlap(i, j) * overlap(i, j);
+  return 2.0 * s / static_cast<double>(E * (E - 1));
+}
+
+Eigen::MatrixXd overlap_from_gram(const Eigen::MatrixXd& gram) {
+  const Eigen::VectorXd d = gram.diagonal().cwiseSqrt();
+  Eigen::MatrixXd o(gram.rows(), gram.cols());
+  for (Eigen::Index i = 0; i < gram.rows(); ++i)
+    for (Eigen::Index j = 0; j < gram.cols(); ++j)
+      o(i, j) = (d(i) > 0 && d(j) > 0) ? gram(i, j) / (d(i) * d(j)) : std::numeric_limits<double>::quiet_NaN();
+  return o;
+}
+
+LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& layer, const GeometryOptions& opts) {
+  if (layer.experts.size() < 2)
+    fail_input(src.path(), layer.key + ": geometry needs at least 2 experts, found " +
+                               std::to_string(layer.experts.size()));
+  LayerGeometry g;
+  g.key = layer.key;
+  g.layer = layer.layer;
+  g.experts = static_cast<int>(layer.experts.size());
+
+  // roles: requested (canonicalised) or every weight matrix of the first expert
+  const ExpertLayout& first = layer.experts.front();
+  if (opts.roles.empty()) {
+    for (const auto& m : first.matrices)
+      if (m.role.size() < 5 || m.role.compare(m.role.size() - 5, 5, "_bias") != 0) g.roles.push_back(m.role);
+  } else {
+    for (const auto& r : opts.roles) {
+      const std::string c = canonical_role(r);
+      if (!first.find(c)) {
+        std::string have;
+        for (const auto& m : first.matrices) have += (have.empty() ? "" : ", ") + m.role;
+        fail_input(src.path(), layer.key + ": experts have no '" + r + "' matrix (they have: " + have + ")");
+      }
+      if (std::find(g.roles.begin(), g.roles.end(), c) == g.roles.end()) g.roles.push_back(c);
+    }
+  }
+
+  const auto E = static_cast<Eigen::Index>(g.experts);
+  const int threads = std::max(1, opts.threads);
+  const std::int64_t chunk =
+      opts.chunk > 0 ? opts.chunk : std::max<std::int64_t>(256, std::min<std::int64_t>(65536, (1 << 22) / E));
+  std::vector<Partial> parts(static_cast<std::size_t>(threads));
+  for (auto& p : parts) p.gram = Eigen::MatrixXd::Zero(E, E);
+
+  for (const auto& role : g.roles) {
+    std::vector<const MatrixView*> views;
+    for (const auto& e : layer.experts) views.push_back(chosen_views(e, {role}).front());
+    const std::int64_t n = views.front()->numel();
+    g.dim += n;
+    // static partition into `threads` contiguous ranges, reduced in thread order: deterministic per thread count
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_mu;
+    for (int t = 0; t < threads; ++t) {
+      const std::int64_t a = n * t / threads, b = n * (t + 1) / threads;
+      auto work = [&, a, b, t] {
+        try {
+          accumulate(src, views, a, b, chunk, parts[static_cast<std::size_t>(t)]);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (!error) error = std::current_exception();
+        }
+      };
+      if (threads == 1) work(); else pool.emplace_back(work);
+    }
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+    for (const auto* v : views) src.release(v->tensor);  // keep resident memory to about one layer
+  }
+
+  g.gram = Eigen::MatrixXd::Zero(E, E);
+  double var_sum = 0;
+  for (const auto& p : parts) {
+    g.gram += p.gram;
+    var_sum += p.var_sum;
+  }
+  g.gram = g.gram.selfadjointView<Eigen::Lower>();
+  g.overlap = overlap_from_gram(g.gram);
+  g.mso = mean_squared_overlap(g.overlap);
+  for (Eigen::Index e = 0; e < E; ++e) g.norms.push_back(std::sqrt(g.gram(e, e)));
+  g.mean_norm = 0;
+  for (double x : g.norms) g.mean_norm += x / static_cast<double>(E);
+  const double D = static_cast<double>(g.dim);
+  g.param_variance = var_sum / D;
+  // on unit vectors: sum_c var_c(u) = (E - sum_ij overlap_ij / E) / (E - 1)
+  g.param_variance_normalized = (static_cast<double>(E) - g.overlap.sum() / static_cast<double>(E)) /
+                                (static_cast<double>(E - 1) * D);
+  return g;
+}
+
+}  // namespace moescope

@@ -1,0 +1,175 @@
+// Expert geometry against closed forms. Tolerances: the quantities are computed exactly in float64 from
+// float32 inputs, so 1e-12 relative (summation rounding over <= 1e4 terms) unless said otherwise.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "moescope/metrics/geometry.hpp"
+#include "moescope/util/error.hpp"
+#include "support/fixtures.hpp"
+
+namespace moescope {
+namespace {
+
+using testing::f32_bytes;
+
+// Builds a layer whose expert e has matrices "up" [rows_up x cols] and "down" [rows_down x cols] holding
+// the values of vecs[e] (first rows_up*cols elements in up, the rest in down).
+struct Fixture {
+  MemoryTensorSource src{"memory"};
+  MoELayerLayout layer;
+  Fixture(const std::vector<std::vector<float>>& vecs, std::int64_t up_rows, std::int64_t down_rows, std::int64_t cols) {
+    layer.key = "layer_00";
+    for (std::size_t e = 0; e < vecs.size(); ++e) {
+      ExpertLayout ex;
+      ex.index = static_cast<int>(e);
+      const std::int64_t nu = up_rows * cols;
+      std::vector<float> up(vecs[e].begin(), vecs[e].begin() + nu), down(vecs[e].begin() + nu, vecs[e].end());
+      for (auto [role, rows, data] : {std::tuple{std::string("down"), down_rows, down}, std::tuple{std::string("up"), up_rows, up}}) {
+        const std::string name = "e." + std::to_string(e) + "." + role;
+        src.add(TensorInfo{name, DType::F32, {rows, cols}}, f32_bytes(data));
+        ex.matrices.push_back(MatrixView{role, name, rows, cols, 0, cols, 1});
+      }
+      layer.experts.push_back(ex);
+    }
+  }
+};
+
+TEST(Geometry, OrthonormalExpertsHaveZeroOverlap) {
+  // 4 experts = the standard basis e_0..e_3 of R^8, split 2x2 (up) + 2x2 (down)
+  std::vector<std::vector<float>> v(4, std::vector<float>(8, 0.f));
+  for (int e = 0; e < 4; ++e) v[e][2 * e + 1] = 3.f;  // scaled: normalisation must remove the scale
+  Fixture f(v, 2, 2, 2);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  EXPECT_EQ(g.dim, 8);
+  EXPECT_DOUBLE_EQ(g.mso, 0.0);
+  EXPECT_TRUE(g.overlap.isIdentity(1e-15));
+  EXPECT_DOUBLE_EQ(g.mean_norm, 3.0);
+}
+
+TEST(Geometry, IdenticalExpertsHaveMsoOne) {
+  std::vector<float> x = {1, -2, 3, 0.5f, 7, -1};
+  Fixture f({x, x, x}, 1, 1, 3);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  EXPECT_NEAR(g.mso, 1.0, 1e-15);
+  EXPECT_NEAR(g.param_variance, 0.0, 1e-15);
+  EXPECT_NEAR(g.param_variance_normalized, 0.0, 1e-15);
+}
+
+TEST(Geometry, TwoExpertsAtAngleGiveCosSquared) {
+  for (double t : {0.1, 0.7, M_PI / 3, 1.5}) {
+    // in R^4: a = (1,0,0,0)*2, b = (cos t, sin t, 0, 0)*5
+    std::vector<float> a = {2, 0, 0, 0}, b = {float(5 * std::cos(t)), float(5 * std::sin(t)), 0, 0};
+    Fixture f({a, b}, 1, 1, 2);
+    const auto g = expert_geometry(f.src, f.layer, {});
+    const double c = double(float(5 * std::cos(t))) / std::hypot(double(float(5 * std::cos(t))), double(float(5 * std::sin(t))));
+    EXPECT_NEAR(g.overlap(0, 1), c, 1e-12) << t;
+    EXPECT_NEAR(g.mso, c * c, 1e-12) << t;
+  }
+}
+
+TEST(Geometry, ParameterVarianceMatchesDirectComputation) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.3f, 2.f);
+  const int E = 5, D = 24;
+  std::vector<std::vector<float>> v(E, std::vector<float>(D));
+  for (auto& x : v)
+    for (auto& y : x) y = n(rng);
+  Fixture f(v, 2, 2, 6);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  // direct two-pass computation, raw and on unit vectors
+  double var = 0, var_u = 0;
+  std::vector<double> norm(E, 0.0);
+  for (int e = 0; e < E; ++e)
+    for (int c = 0; c < D; ++c) norm[e] += double(v[e][c]) * v[e][c];
+  for (auto& x : norm) x = std::sqrt(x);
+  for (int c = 0; c < D; ++c) {
+    double m = 0, mu = 0;
+    for (int e = 0; e < E; ++e) m += v[e][c] / double(E), mu += v[e][c] / norm[e] / E;
+    for (int e = 0; e < E; ++e) {
+      var += (v[e][c] - m) * (v[e][c] - m) / (E - 1);
+      var_u += (v[e][c] / norm[e] - mu) * (v[e][c] / norm[e] - mu) / (E - 1);
+    }
+  }
+  EXPECT_NEAR(g.param_variance, var / D, 1e-12 * var / D);
+  EXPECT_NEAR(g.param_variance_normalized, var_u / D, 1e-10 * var_u / D);
+}
+
+TEST(Geometry, ChunkingAndThreadsDoNotChangeTheAnswer) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n;
+  std::vector<std::vector<float>> v(6, std::vector<float>(70 * 9));
+  for (auto& x : v)
+    for (auto& y : x) y = n(rng);
+  Fixture f(v, 40, 30, 9);
+  const auto ref = expert_geometry(f.src, f.layer, {});
+  for (int threads : {1, 2, 3})
+    for (std::int64_t chunk : {1, 7, 64, 100000}) {
+      GeometryOptions o;
+      o.threads = threads;
+      o.chunk = chunk;
+      const auto g = expert_geometry(f.src, f.layer, o);
+      EXPECT_TRUE(g.gram.isApprox(ref.gram, 1e-13)) << threads << " " << chunk;
+      EXPECT_NEAR(g.param_variance, ref.param_variance, 1e-13 * ref.param_variance);
+    }
+}
+
+TEST(Geometry, RandomExpertsHaveMsoNearOneOverD) {
+  // E[cos^2] = 1/D for independent isotropic vectors; with 2016 pairs the mean's relative sd is about
+  // sqrt(2/2016) ~ 3% (pairs are weakly dependent), so 20% is > 6 sd.
+  const int E = 64, D = 500;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n;
+  std::vector<std::vector<float>> v(E, std::vector<float>(D));
+  for (auto& x : v)
+    for (auto& y : x) y = n(rng);
+  Fixture f(v, 10, 15, 20);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  EXPECT_NEAR(g.mso * D, 1.0, 0.2);
+}
+
+TEST(Geometry, RoleSelectionAndAliases) {
+  // up parts orthogonal, down parts identical: MSO over up is 0, over down is 1
+  std::vector<float> a = {1, 0, 5, 5}, b = {0, 1, 5, 5};
+  Fixture f({a, b}, 1, 1, 2);
+  GeometryOptions o;
+  o.roles = {"fc1"};  // alias of up
+  EXPECT_NEAR(expert_geometry(f.src, f.layer, o).mso, 0.0, 1e-15);
+  o.roles = {"w2"};  // alias of down
+  EXPECT_NEAR(expert_geometry(f.src, f.layer, o).mso, 1.0, 1e-15);
+  o.roles = {"gate"};
+  EXPECT_THROW(expert_geometry(f.src, f.layer, o), InputError);
+}
+
+TEST(Geometry, StridedViewsReadTheRightElements) {
+  // One fused tensor [2 experts, 2 rows, 4 cols] whose columns interleave gate (even) and up (odd).
+  std::vector<float> data = {1, 10, 2, 20, 3, 30, 4, 40,    // expert 0
+                             1, -10, 2, -20, 3, -30, 4, -40};  // expert 1: same gate, up negated
+  MemoryTensorSource src("memory");
+  src.add(TensorInfo{"fused", DType::F32, {2, 2, 4}}, f32_bytes(data));
+  MoELayerLayout layer;
+  layer.key = "layer_00";
+  for (int e = 0; e < 2; ++e) {
+    ExpertLayout ex;
+    ex.index = e;
+    ex.matrices.push_back(MatrixView{"gate", "fused", 2, 2, e * 8, 4, 2});
+    ex.matrices.push_back(MatrixView{"up", "fused", 2, 2, e * 8 + 1, 4, 2});
+    layer.experts.push_back(ex);
+  }
+  GeometryOptions o;
+  o.roles = {"gate"};
+  EXPECT_NEAR(expert_geometry(src, layer, o).overlap(0, 1), 1.0, 1e-15);
+  o.roles = {"up"};
+  EXPECT_NEAR(expert_geometry(src, layer, o).overlap(0, 1), -1.0, 1e-15);
+}
+
+TEST(Geometry, MeanSquaredOverlapFormula) {
+  Eigen::MatrixXd o(3, 3);
+  o << 1, 0.5, -0.2, 0.5, 1, 0.1, -0.2, 0.1, 1;
+  EXPECT_NEAR(mean_squared_overlap(o), (0.25 + 0.04 + 0.01) / 3.0, 1e-15);
+  EXPECT_THROW(mean_squared_overlap(Eigen::MatrixXd::Ones(1, 1)), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace moescope
