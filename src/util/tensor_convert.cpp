@@ -2,6 +2,7 @@
 #include <cmath>
 #include <limits>
 #include <cstring>
+#include <stdexcept>
 
 #include "moescope/io/tensor.hpp"
 #include "moescope/util/error.hpp"
@@ -107,7 +108,58 @@ void convert(DType t, const std::uint8_t* src, std::size_t n, Out* dst) {
   }
 }
 
+std::uint16_t float_to_bf16(float f) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+  if (ax >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: infinity
+  if (ax < 0x38800000u) {  // below the smallest normal half: subnormal (or zero), round to nearest even
+    const float a = std::fabs(f) * 16777216.0f;  // units of 2^-24, exact scaling
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(std::nearbyint(a)));
+  }
+  std::uint32_t m = ax + 0xc8000fffu + ((ax >> 13) & 1u);  // rebias 127 -> 15 and round to nearest even
+  return static_cast<std::uint16_t>(sign | (m >> 13));
+}
+
 }  // namespace
+
+void convert_from_f32(DType t, const float* src, std::size_t n, std::uint8_t* dst) {
+  switch (t) {
+    case DType::F32:
+      std::memcpy(dst, src, 4 * n);
+      return;
+    case DType::F64:
+      for (std::size_t i = 0; i < n; ++i) {
+        const double d = src[i];
+        std::memcpy(dst + 8 * i, &d, 8);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_half(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    default:
+      throw std::invalid_argument("convert_from_f32: cannot encode " + std::string(dtype_name(t)));
+  }
+}
 
 std::string_view dtype_name(DType t) {
   for (const auto& r : kDTypes)

@@ -28,6 +28,9 @@ bool dtype_is_float(DType t);
 void convert_to_f64(DType t, const std::uint8_t* src, std::size_t count, double* dst);
 void convert_to_f32(DType t, const std::uint8_t* src, std::size_t count, float* dst);
 
+/// Encodes float32 values as F64/F32/F16/BF16 (round to nearest even); other dtypes throw std::invalid_argument.
+void convert_from_f32(DType t, const float* src, std::size_t count, std::uint8_t* dst);
+
 /// One tensor's description.
 struct TensorInfo {
   std::string name;
