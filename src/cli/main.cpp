@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   cli::add_inspect(app, ctx);
   cli::add_geometry(app, ctx);
+  cli::add_synth(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);

@@ -1,7 +1,7 @@
 #pragma once
 // Weight-space geometry of the experts of one MoE layer.
 //
-// Definitions (written in docs/metrics.md too):
+// Definitions (also in the README, "Definitions"):
 //  - expert vector v_e: the expert's chosen matrices flattened row-major and concatenated in role order;
 //    u_e = v_e / ||v_e||;
 //  - overlap[i, j] = <u_i, u_j> (cosine similarity); MSO = mean over pairs i != j of overlap[i, j]^2
