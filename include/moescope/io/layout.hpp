@@ -13,6 +13,8 @@ namespace moescope {
 /// A 2-D (or 1-D) strided view of one expert's matrix inside a tensor: element (r, c) is the flat element
 /// offset + r * row_stride + c * col_stride of `tensor`. Plain per-expert tensors have offset 0,
 /// row_stride = cols, col_stride = 1; fused 3-D tensors select expert e by offset and may interleave columns.
+/// Views keep the stored orientation: Linear's [out, in] everywhere except family "gpt-oss", whose experts
+/// compute x @ W and so are [in, out] (gate/up: H x I, down: I x H).
 struct MatrixView {
   std::string role;    // "gate", "up", "down" (Mixtral w1/w3/w2, Switch wi/wo -> up/down, fc1/fc2 -> up/down),
                        // "gate_bias", "up_bias", "down_bias", or the custom pattern's matrix name
@@ -43,7 +45,9 @@ struct MoELayerLayout {
 };
 
 struct Layout {
-  std::string family;  // "mixtral", "olmoe-qwen-deepseek", "switch", "fused-v5", "gpt-oss", "moescope", "custom", "none"
+  // "mixtral", "olmoe-qwen-deepseek", "switch", "fused-v5", "gpt-oss", "moescope", "custom", "none", or
+  // "generic": known expert matrix names under a prefix or router that no family above uses
+  std::string family;
   std::vector<MoELayerLayout> layers;  // in model order
   std::vector<std::string> notes;      // e.g. "layers 0-2 are dense (no experts)"
 };
