@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <set>
@@ -420,8 +421,14 @@ std::vector<std::pair<std::string, std::string>> ShardedSafetensors::metadata() 
 
 // ---------------------------------------------------------------------------------------------------------
 
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The writer behind both public forms: data(i, scratch) returns tensor i's bytes, either its own pointer or
+// scratch (resized to the tensor's size and filled), so a streamed writer holds one tensor at a time.
+using DataFn = std::function<const std::uint8_t*(std::size_t, std::vector<std::uint8_t>&)>;
+
+void write_impl(const std::string& path, const std::vector<TensorInfo>& infos, const DataFn& data,
+                const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the header in the caller's order, matching the data.
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
@@ -430,10 +437,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   }
   std::set<std::string> seen;
   std::vector<std::uint64_t> sizes;
-  sizes.reserve(tensors.size());
+  sizes.reserve(infos.size());
   std::uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    const TensorInfo& info = t.info;
+  for (const auto& info : infos) {
     const std::string who = "tensor " + in_quotes(info.name) + ": ";
     if (info.name == "__metadata__") fail_input(path, "the tensor name '__metadata__' is reserved");
     if (!seen.insert(info.name).second) fail_input(path, "duplicate tensor name " + in_quotes(info.name));
@@ -447,7 +453,6 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     if (__builtin_mul_overflow(static_cast<std::uint64_t>(numel), es, &nbytes) ||
         __builtin_add_overflow(offset, nbytes, &end))
       fail_input(path, who + "shape " + shape_string(info.shape) + " is too large");
-    if (nbytes > 0 && !t.data) fail_input(path, who + "no data");
     nlohmann::ordered_json e = nlohmann::ordered_json::object();
     e["dtype"] = std::string(dtype_name(info.dtype));
     e["shape"] = info.shape;
@@ -475,14 +480,22 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   try {
     write_all(fd, len, 8);
     write_all(fd, reinterpret_cast<const std::uint8_t*>(text.data()), text.size());
-    for (std::size_t i = 0; i < tensors.size(); ++i)
-      if (sizes[i]) write_all(fd, static_cast<const std::uint8_t*>(tensors[i].data), static_cast<std::size_t>(sizes[i]));
+    std::vector<std::uint8_t> scratch;
+    for (std::size_t i = 0; i < infos.size(); ++i) {
+      if (!sizes[i]) continue;
+      const std::uint8_t* bytes = data(i, scratch);
+      write_all(fd, bytes, static_cast<std::size_t>(sizes[i]));
+    }
     step = "sync";
     if (::fsync(fd) != 0) throw std::system_error(errno, std::generic_category());
   } catch (const std::system_error& e) {
     ::close(fd);
     ::unlink(tmp.c_str());
     fail_input(path, std::string("cannot ") + step + " " + tmp + ": " + e.code().message());
+  } catch (...) {  // a failing data source: leave nothing behind
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
   }
   if (::close(fd) != 0) {
     const std::string why = errno_text();
@@ -494,6 +507,34 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     ::unlink(tmp.c_str());
     fail_input(path, "cannot rename " + tmp + " to it: " + why);
   }
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorInfo> infos;
+  infos.reserve(tensors.size());
+  for (const auto& t : tensors) {
+    if (t.info.nbytes() > 0 && !t.data) fail_input(path, "tensor " + in_quotes(t.info.name) + ": no data");
+    infos.push_back(t.info);
+  }
+  write_impl(
+      path, infos, [&](std::size_t i, std::vector<std::uint8_t>&) { return static_cast<const std::uint8_t*>(tensors[i].data); },
+      metadata);
+}
+
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorInfo>& infos,
+                                const std::function<void(std::size_t, std::uint8_t*)>& fill,
+                                const std::map<std::string, std::string>& metadata) {
+  write_impl(
+      path, infos,
+      [&](std::size_t i, std::vector<std::uint8_t>& scratch) {
+        scratch.resize(static_cast<std::size_t>(infos[i].nbytes()));
+        fill(i, scratch.data());
+        return static_cast<const std::uint8_t*>(scratch.data());
+      },
+      metadata);
 }
 
 }  // namespace moescope

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <type_traits>
 
 #include "moescope/io/tensor.hpp"
 #include "moescope/util/error.hpp"
@@ -12,7 +13,7 @@ template <typename Out>
 void read_elements(const TensorSource& src, const std::string& name, std::int64_t offset, std::int64_t count,
                    Out* out) {
   const TensorInfo& info = src.at(name);
-  if (offset < 0 || count < 0 || offset + count > info.numel())
+  if (offset < 0 || count < 0 || offset > info.numel() || count > info.numel() - offset)
     fail_input(src.file_of(name), "tensor '" + name + "': read of elements [" + std::to_string(offset) + ", " +
                                       std::to_string(offset + count) + ") outside " + shape_string(info.shape));
   const ByteView bytes = src.raw(name);

@@ -33,7 +33,7 @@ struct CliResult {
 /// Runs the moescope executable (path from $MOESCOPE_BIN, set by CTest) with the given arguments.
 CliResult run_moescope(const std::vector<std::string>& args);
 
-/// Float32 values as little-endian bytes; likewise bf16 (round to nearest even) and f16.
+/// Float32 values as little-endian bytes; likewise bf16 (round to nearest even).
 std::vector<std::uint8_t> f32_bytes(const std::vector<float>& v);
 std::vector<std::uint8_t> bf16_bytes(const std::vector<float>& v);
 

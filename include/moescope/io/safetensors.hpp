@@ -3,6 +3,7 @@
 // {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {str: str}}, then the data.
 // The header parser works on bytes and trusts nothing in them (see FORMULAS.md for the rules).
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -95,5 +96,11 @@ struct TensorToWrite {
 /// tensors in the given order, contiguous. Written to "<path>.tmp" then renamed. Throws on I/O errors.
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+/// The same, streaming: fill(i, dst) writes tensor i's nbytes() bytes into dst; one tensor is held at a time.
+/// An exception from fill removes the temporary file and propagates.
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorInfo>& infos,
+                                const std::function<void(std::size_t, std::uint8_t*)>& fill,
+                                const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace moescope
