@@ -57,8 +57,12 @@ std::string quote(const std::string& s) {
 }  // namespace
 
 CliResult run_moescope(const std::vector<std::string>& args) {
+  // $MOESCOPE_BIN overrides the executable CMake built next to the tests
   const char* bin = std::getenv("MOESCOPE_BIN");
-  if (!bin) throw std::runtime_error("MOESCOPE_BIN is not set (run the tests through ctest)");
+#ifdef MOESCOPE_BIN_PATH
+  if (!bin) bin = MOESCOPE_BIN_PATH;
+#endif
+  if (!bin) throw std::runtime_error("MOESCOPE_BIN is not set");
   TempDir d;
   std::string cmd = quote(bin);
   for (const auto& a : args) cmd += " " + quote(a);

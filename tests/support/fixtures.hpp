@@ -30,7 +30,7 @@ struct CliResult {
   std::string out;  // stdout
   std::string err;  // stderr
 };
-/// Runs the moescope executable (path from $MOESCOPE_BIN, set by CTest) with the given arguments.
+/// Runs the moescope executable ($MOESCOPE_BIN, else the one built beside the tests) with the given arguments.
 CliResult run_moescope(const std::vector<std::string>& args);
 
 /// Float32 values as little-endian bytes; likewise bf16 (round to nearest even).
