@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", ctx.threads, "Worker threads (torch intra-op and the library's); 0 = all cores")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", ctx.log_level, "trace, debug, info, warn, error, off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->each([](const std::string& v) { spdlog::set_level(spdlog::level::from_str(v)); });
   cli::add_inspect(app, ctx);
   cli::add_geometry(app, ctx);
   cli::add_synth(app, ctx);

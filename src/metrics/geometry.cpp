@@ -26,22 +26,22 @@ std::vector<const MatrixView*> chosen_views(const ExpertLayout& e, const std::ve
 }
 
 // Accumulates coordinates [first, last) of one role into p, reading `chunk` elements per expert at a time.
+// The block is row-major (one expert per row), so each expert's chunk is converted straight into place,
+// and it is sized to stay in cache for the Gram update and the variance pass.
 void accumulate(const TensorSource& src, const std::vector<const MatrixView*>& views, std::int64_t first,
                 std::int64_t last, std::int64_t chunk, Partial& p) {
+  using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const auto E = static_cast<Eigen::Index>(views.size());
-  Eigen::MatrixXd block(E, chunk);  // column-major: column k holds all experts' coordinate k
-  std::vector<double> buf(static_cast<std::size_t>(chunk));
+  RowMajor block(E, chunk);
+  Eigen::RowVectorXd mean(chunk);
   for (std::int64_t at = first; at < last; at += chunk) {
     const std::int64_t n = std::min(chunk, last - at);
-    for (Eigen::Index e = 0; e < E; ++e) {
-      read_view_f64(src, *views[static_cast<std::size_t>(e)], at, n, buf.data());
-      block.row(e).head(n) = Eigen::Map<const Eigen::RowVectorXd>(buf.data(), n);
-    }
-    const auto b = block.leftCols(n);
-    p.gram.selfadjointView<Eigen::Lower>().rankUpdate(b);
+    if (n < chunk) block.resize(E, n), mean.resize(n);
+    for (Eigen::Index e = 0; e < E; ++e) read_view_f64(src, *views[static_cast<std::size_t>(e)], at, n, block.row(e).data());
+    p.gram.selfadjointView<Eigen::Lower>().rankUpdate(block);
     if (E > 1) {
-      const Eigen::RowVectorXd mean = b.colwise().mean();
-      p.var_sum += (b.rowwise() - mean).squaredNorm() / static_cast<double>(E - 1);
+      mean = block.colwise().sum() / static_cast<double>(E);
+      p.var_sum += (block.rowwise() - mean).squaredNorm() / static_cast<double>(E - 1);
     }
   }
 }
@@ -102,7 +102,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   const auto E = static_cast<Eigen::Index>(g.experts);
   const int threads = std::max(1, opts.threads);
   const std::int64_t chunk =
-      opts.chunk > 0 ? opts.chunk : std::max<std::int64_t>(256, std::min<std::int64_t>(65536, (1 << 22) / E));
+      opts.chunk > 0 ? opts.chunk : std::max<std::int64_t>(256, (1 << 15) / E);  // ~256 KiB block: stays in L2
   std::vector<Partial> parts(static_cast<std::size_t>(threads));
   for (auto& p : parts) p.gram = Eigen::MatrixXd::Zero(E, E);
 

@@ -28,7 +28,7 @@ struct GeometryOptions {
   std::vector<std::string> roles;
   /// Worker threads (>= 1). The result depends on the thread count only through float64 summation order.
   int threads = 1;
-  /// Elements per chunk per expert; 0 chooses min(65536, 2^22 / E).
+  /// Elements per chunk per expert; 0 chooses max(256, 32768 / E) (a block of about 256 KiB).
   std::int64_t chunk = 0;
 };
 
