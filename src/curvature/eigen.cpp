@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "lanczos_process.hpp"
-#include "moescope/curvature/random.hpp"
+#include "moescope/util/random.hpp"
 
 namespace moescope {
 

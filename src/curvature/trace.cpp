@@ -6,7 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "moescope/curvature/random.hpp"
+#include "moescope/util/random.hpp"
 
 namespace moescope {
 

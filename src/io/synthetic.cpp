@@ -131,7 +131,7 @@ void fill_expert(std::uint64_t shared_seed, std::uint64_t own_seed, double rho, 
                  float* out) {
   Rng s(shared_seed), e(own_seed);
   const double a = std::sqrt(rho) * scale, b = std::sqrt(1.0 - rho) * scale;
-  for (std::int64_t k = 0; k < n; ++k) out[k] = static_cast<float>(a * s.normal() + b * e.normal());
+  for (std::int64_t k = 0; k < n; ++k) out[k] = static_cast<float>(a * s.gaussian() + b * e.gaussian());
 }
 
 void fill(const SyntheticCheckpointOptions& o, const Planned& t, std::uint8_t* dst) {
@@ -141,7 +141,7 @@ void fill(const SyntheticCheckpointOptions& o, const Planned& t, std::uint8_t* d
   const std::uint64_t base = o.seed * 0x9e3779b97f4a7c15ULL;
   if (t.layer < 0) {
     Rng r(base ^ fnv1a(t.info.name));
-    for (auto& x : buf) x = static_cast<float>(scale * r.normal());
+    for (auto& x : buf) x = static_cast<float>(scale * r.gaussian());
   } else {
     const std::uint64_t shared = base ^ fnv1a("layer" + std::to_string(t.layer) + "/" + t.matrix);
     if (t.experts_fused > 0) {

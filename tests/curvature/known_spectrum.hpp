@@ -4,7 +4,7 @@
 
 #include <Eigen/Dense>
 
-#include "moescope/curvature/random.hpp"
+#include "moescope/util/random.hpp"
 
 namespace moescope::testing {
 

@@ -10,7 +10,7 @@
 #include <Eigen/Dense>
 
 #include "moescope/curvature/operator.hpp"
-#include "moescope/curvature/random.hpp"
+#include "moescope/util/random.hpp"
 
 namespace moescope {
 

@@ -1,4 +1,4 @@
-#include "moescope/curvature/random.hpp"
+#include "moescope/util/random.hpp"
 
 #include <cmath>
 
