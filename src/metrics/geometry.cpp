@@ -9,6 +9,7 @@
 #include <Eigen/Dense>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/multiversion.hpp"
 
 namespace moescope {
 namespace {
@@ -28,8 +29,9 @@ std::vector<const MatrixView*> chosen_views(const ExpertLayout& e, const std::ve
 // The hot loop: for a row-major block x[E_pad][n] (rows >= E zero), adds x x^T to gram (E_pad x E_pad, row-major,
 // lower triangle) and returns the sum over columns of the squared deviations from the column mean over the
 // first E rows. Written as fixed 4-wide lanes in a fixed order so that it vectorises without reassociation:
-// every build and every instruction set (the clones below) gives the same bits.
-__attribute__((target_clones("avx2", "default")))
+// both instruction-set clones do the same IEEE operations in the same order (no FMA contraction under
+// -std=c++17), so they are meant to give the same bits; only the AVX2 path is exercised on this project's CI.
+MOESCOPE_MULTIVERSION
 double gram_kernel(const double* x, std::int64_t e_pad, std::int64_t E, std::int64_t n, double* gram, double* mean) {
   const std::int64_t n4 = n - n % 4;
   for (std::int64_t i0 = 0; i0 < e_pad; i0 += 4)

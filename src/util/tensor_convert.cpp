@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "moescope/io/tensor.hpp"
+#include "moescope/util/multiversion.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope {
@@ -186,9 +187,9 @@ bool dtype_is_float(DType t) {
 
 // Hot in every streamed read: compiled for AVX2 as well, chosen at load time (bit-identical results: the
 // conversions are exact).
-__attribute__((target_clones("avx2", "default")))
+MOESCOPE_MULTIVERSION
 void convert_to_f64(DType t, const std::uint8_t* src, std::size_t count, double* dst) { convert(t, src, count, dst); }
-__attribute__((target_clones("avx2", "default")))
+MOESCOPE_MULTIVERSION
 void convert_to_f32(DType t, const std::uint8_t* src, std::size_t count, float* dst) { convert(t, src, count, dst); }
 
 std::int64_t TensorInfo::numel() const {
