@@ -250,6 +250,27 @@ std::vector<std::string> read_string_values(const H5::StrType& file_type, const 
 // ---------------------------------------------------------------------------------------------------------------
 // ReportWriter
 
+namespace detail {
+
+// The group or dataset at `object` of `file` ("/" is the root); InputError naming `report` when absent.
+Object open_object(const H5::H5File& file, const std::string& report, const std::string& object) {
+  const auto parts = split_path(object);
+  const std::string full = join_path(parts, parts.size());
+  switch (object_kind(file.getId(), parts)) {
+    case Kind::kGroup:
+      return file.openGroup(full);
+    case Kind::kDataset:
+      return file.openDataSet(full);
+    case Kind::kMissing:
+      fail_input(report, "no object " + quoted(full));
+    case Kind::kOther:
+      break;
+  }
+  fail_input(report, quoted(full) + " is neither a group nor a dataset");
+}
+
+}  // namespace detail
+
 struct ReportWriter::Impl {
   std::string path;
   std::string tmp;
@@ -301,21 +322,7 @@ struct ReportWriter::Impl {
   }
 
   // The group or dataset at `object` ("/" is the root).
-  detail::Object open_object(const std::string& object) const {
-    const auto parts = detail::split_path(object);
-    const std::string full = detail::join_path(parts, parts.size());
-    switch (detail::object_kind(file->getId(), parts)) {
-      case detail::Kind::kGroup:
-        return file->openGroup(full);
-      case detail::Kind::kDataset:
-        return file->openDataSet(full);
-      case detail::Kind::kMissing:
-        fail_input(path, "no object " + detail::quoted(full));
-      case detail::Kind::kOther:
-        break;
-    }
-    fail_input(path, detail::quoted(full) + " is neither a group nor a dataset");
-  }
+  detail::Object open_object(const std::string& object) const { return detail::open_object(*file, path, object); }
 };
 
 ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std::make_unique<Impl>()) {
@@ -484,23 +491,11 @@ struct ReportReader::Impl {
   }
 
   detail::Object open_object(const std::string& object) const {
-    const auto parts = detail::split_path(object);
-    const std::string full = detail::join_path(parts, parts.size());
     try {
-      switch (detail::object_kind(file->getId(), parts)) {
-        case detail::Kind::kGroup:
-          return file->openGroup(full);
-        case detail::Kind::kDataset:
-          return file->openDataSet(full);
-        case detail::Kind::kMissing:
-          fail_input(path, "no object " + detail::quoted(full));
-        case detail::Kind::kOther:
-          break;
-      }
+      return detail::open_object(*file, path, object);
     } catch (const H5::Exception& e) {
-      fail_h5(full, e);
+      fail_h5(object, e);
     }
-    fail_input(path, detail::quoted(full) + " is neither a group nor a dataset");
   }
 };
 
