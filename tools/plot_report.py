@@ -34,13 +34,14 @@ def plot_geometry(f, out_dir):
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, key in zip(axes.flat, layers):
+    for idx, (ax, key) in enumerate(zip(axes.flat, layers)):
         ov = np.asarray(g[key]["overlap"])
         ax.axis("on")
         im = ax.imshow(ov, vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"{key}: MSO {float(g[key]['mso'][()]):.3g}", fontsize=9)
         ax.set_xlabel("expert")
-        ax.set_ylabel("expert")
+        if idx % cols == 0:
+            ax.set_ylabel("expert")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cosine overlap of expert weights")
     save(fig, out_dir, "geometry_overlap")
 

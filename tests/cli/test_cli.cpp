@@ -1,6 +1,9 @@
 // The moescope executable as a user meets it: exit codes, one-line errors naming the file, reports that are
 // complete or absent, provenance.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
 
 #include <nlohmann/json.hpp>
 
@@ -190,6 +193,25 @@ TEST(Cli, SynthWritesEveryFamilyThatGeometryReads) {
   EXPECT_EQ(run_moescope({"geometry", dir.file("s"), "-o", dir.file("s.h5")}).exit_code, 0);
   ReportReader rep(dir.file("s.h5"));
   EXPECT_EQ(std::get<std::string>(rep.attr("/", "checkpoint_hash_scope")), "index");
+}
+
+TEST(Cli, PlotScriptDrawsTheGeometryFigures) {
+  if (std::system("/usr/bin/python3 -c 'import h5py, matplotlib, numpy' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with h5py, matplotlib and numpy is not installed";
+  TempDir dir;
+  const std::string ckpt = small_checkpoint(dir);
+  ASSERT_EQ(run_moescope({"geometry", ckpt, "-o", dir.file("r.h5")}).exit_code, 0);
+  const std::string cmd = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
+                          dir.file("r.h5") + " -o " + dir.file("fig") + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  for (const char* f : {"geometry_overlap.png", "geometry_overlap.pdf", "geometry_mso.png", "geometry_mso.pdf"})
+    EXPECT_GT(testing::read_bytes(dir.file("fig/") + f).size(), 1000u) << f;
+  // a missing report: exit 2 and a message naming it
+  const std::string bad = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
+                          dir.file("absent.h5") + " -o " + dir.file("fig2") + " 2>" + dir.file("err");
+  EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 2);
+  const auto err = testing::read_bytes(dir.file("err"));
+  EXPECT_NE(std::string(err.begin(), err.end()).find("absent.h5"), std::string::npos);
 }
 
 }  // namespace
