@@ -28,5 +28,6 @@ std::vector<int> parse_index_list(const std::string& spec, const std::string& fl
 void add_inspect(CLI::App& app, Context& ctx);
 void add_geometry(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
+void add_correlate(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli
