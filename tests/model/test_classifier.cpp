@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/seeded.hpp"
+#include "moescope/io/layout.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope {
@@ -85,6 +86,30 @@ TEST_F(ClassifierTest, SparseHeadParameterNamesFollowTheLayout) {
   EXPECT_EQ(model->moe_head()->num_experts(), 8);
   EXPECT_EQ(count_params(*model), resnet18_params_by_hand(3, 64) +
                                       moe_total_params(FFNOptions(512, 64).out_dim(10), 8, false, true));
+}
+
+std::vector<TensorInfo> tensor_infos(const torch::nn::Module& m) {
+  std::vector<TensorInfo> out;
+  for (const auto& p : m.named_parameters()) out.push_back({p.key(), DType::F32, p.value().sizes().vec()});
+  return out;
+}
+
+TEST_F(ClassifierTest, LayoutDetectionFindsTheMoEHead) {
+  // The io module's detector, given the model's own names, sees one moescope MoE layer with 8 experts.
+  for (const auto kind : {FFNKind::MLP, FFNKind::SwiGLU}) {
+    auto o = ClassifierOptions::vision_study(HeadKind::Sparse).resnet_width(8).expert_kind(kind);
+    const auto layout = detect_layout(tensor_infos(*Classifier(o)));
+    EXPECT_EQ(layout.family, "moescope");
+    ASSERT_EQ(layout.layers.size(), 1u);
+    EXPECT_EQ(layout.layers[0].prefix, "head");
+    EXPECT_EQ(layout.layers[0].router, "head.router.weight");
+    ASSERT_EQ(layout.layers[0].experts.size(), 8u);
+    const auto* up = layout.layers[0].experts[3].find("up");
+    ASSERT_NE(up, nullptr);
+    EXPECT_EQ(up->tensor, kind == FFNKind::MLP ? "head.experts.3.fc1.weight" : "head.experts.3.w_up.weight");
+    EXPECT_EQ(up->rows, 64);
+    EXPECT_EQ(up->cols, 64);  // features of a width-8 ResNet: 8 * 8
+  }
 }
 
 TEST_F(ClassifierTest, EveryHeadOnEveryBackboneRuns) {

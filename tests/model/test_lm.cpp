@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/seeded.hpp"
+#include "moescope/io/layout.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope {
@@ -53,6 +54,18 @@ TEST_F(TransformerLMTest, ParameterNames) {
   EXPECT_EQ(u.count("blocks.0.moe.experts.1.w_gate.weight"), 1u);
   EXPECT_EQ(untied->moe_blocks().size(), 3u);
   EXPECT_TRUE(TransformerLM(small().moe_every(0))->moe_blocks().empty());
+}
+
+TEST_F(TransformerLMTest, LayoutDetectionFindsEveryMoEBlock) {
+  TransformerLM lm(small().layers(4));
+  std::vector<TensorInfo> infos;
+  for (const auto& p : lm->named_parameters()) infos.push_back({p.key(), DType::F32, p.value().sizes().vec()});
+  const auto layout = detect_layout(infos);
+  EXPECT_EQ(layout.family, "moescope");
+  ASSERT_EQ(layout.layers.size(), 2u);  // blocks 1 and 3
+  EXPECT_EQ(layout.layers[0].prefix, "blocks.1.moe");
+  EXPECT_EQ(layout.layers[1].router, "blocks.3.moe.router.weight");
+  EXPECT_EQ(layout.layers[1].experts.size(), 4u);
 }
 
 TEST_F(TransformerLMTest, CausalMaskHidesTheFuture) {
