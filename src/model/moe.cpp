@@ -1,6 +1,7 @@
 #include "moescope/model/moe.hpp"
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace moescope {
@@ -25,18 +26,25 @@ torch::Tensor all_expert_outputs(const torch::nn::ModuleList& experts, const tor
   return torch::stack(ys, 1);
 }
 
-// Appends what the probe asks for; `outputs` is called only when expert outputs are recorded.
-template <typename AllOutputs>
-void record(Probe& probe, const torch::Tensor& x, const RoutingInfo& r, const torch::Tensor& choices,
-            const torch::Tensor& weights, AllOutputs&& outputs) {
+// Appends what the probe asks for. `choices` (returning {indices, weights}) and `outputs` are called only
+// when their records are on, so an attached probe costs only what it records.
+template <typename Choices, typename AllOutputs>
+void record(Probe& probe, const torch::Tensor& x, const RoutingInfo& r, Choices&& choices, AllOutputs&& outputs) {
   ++probe.calls;
   if (probe.record_inputs) probe.inputs.push_back(x.detach());
   if (probe.record_probs) probe.probs.push_back(r.probs.detach());
   if (probe.record_choices) {
-    probe.choices.push_back(choices.detach());
-    probe.choice_weights.push_back(weights.detach());
+    const std::pair<torch::Tensor, torch::Tensor> c = choices();
+    probe.choices.push_back(c.first.detach());
+    probe.choice_weights.push_back(c.second.detach());
   }
   if (probe.record_expert_outputs) probe.expert_outputs.push_back(outputs().detach());
+}
+
+// Top-1 expert and its probability, [T, 1] each: the "choice" of a layer where every expert contributes.
+std::pair<torch::Tensor, torch::Tensor> argmax_choice(const torch::Tensor& probs) {
+  const auto top = probs.max(-1, true);
+  return {std::get<1>(top), std::get<0>(top)};
 }
 
 }  // namespace
@@ -80,10 +88,7 @@ MoEOutput GatedMixtureImpl::forward_moe(const torch::Tensor& x_in) {
   const auto out = (r.probs.unsqueeze(-1) * y).sum(1);
   r.expert_counts = torch::full({E}, T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
   if (options.keep_expert_outputs()) r.expert_outputs = y;
-  if (probe_) {
-    const auto top = r.probs.max(-1, true);
-    record(*probe_, x, r, std::get<1>(top), std::get<0>(top), [&] { return y; });
-  }
+  if (probe_) record(*probe_, x, r, [&] { return argmax_choice(r.probs); }, [&] { return y; });
   return {detail::restore_tokens(out, x_in), std::move(r)};
 }
 
@@ -142,8 +147,7 @@ MoEOutput SoftMoEImpl::forward_moe(const torch::Tensor& x_in) {
   if (options.keep_expert_outputs()) r.expert_outputs = slot_out;
   if (probe_) {
     const auto tokens = x.reshape({B * m, d});
-    const auto top = r.probs.max(-1, true);
-    record(*probe_, tokens, r, std::get<1>(top), std::get<0>(top),
+    record(*probe_, tokens, r, [&] { return argmax_choice(r.probs); },
            [&] { return all_expert_outputs(experts, tokens); });
   }
   if (x_in.dim() == 2) out = out.squeeze(1);
@@ -241,7 +245,10 @@ MoEOutput SparseMoEImpl::forward_moe(const torch::Tensor& x_in) {
     if (ys.defined()) eo = eo.index_copy(0, positions, ys);
     r.expert_outputs = eo.view({T, k, O});
   }
-  if (probe_) record(*probe_, x, r, indices, weights, [&] { return all_expert_outputs(experts, x); });
+  if (probe_) {
+    record(*probe_, x, r, [&] { return std::make_pair(indices, weights); },
+           [&] { return all_expert_outputs(experts, x); });
+  }
   return {detail::restore_tokens(out, x_in), std::move(r)};
 }
 

@@ -161,6 +161,26 @@ TEST_F(SparseMoETest, GradientsReachRouterAndExperts) {
   for (const auto& p : moe->experts->parameters()) ASSERT_TRUE(p.grad().defined());
 }
 
+TEST_F(SparseMoETest, ExpertsWithoutTokensDoNotRun) {
+  // Every token prefers expert 0 (k = 1): experts 1 and 2 never run, so their weights get no gradient at all
+  // (a dense path that ran them and multiplied by zero would leave zero gradients, not undefined ones).
+  SparseMoE moe(SparseMoEOptions(2, 3).top_k(1).hidden(4));
+  {
+    torch::NoGradGuard no_grad;
+    moe->router->weight.copy_(from_rows({{3.0, 0.0}, {0.0, 0.0}, {-3.0, 0.0}}));
+  }
+  const auto x = torch::cat({torch::ones({5, 1}), 0.1 * torch::randn({5, 1})}, 1);
+  const auto r = moe->forward_moe(x);
+  EXPECT_TRUE(torch::equal(r.routing.expert_counts, torch::tensor({5, 0, 0}, torch::kLong)));
+  r.output.sum().backward();
+  auto* e0 = moe->experts->ptr(0)->as<FFNImpl>();
+  auto* e1 = moe->experts->ptr(1)->as<FFNImpl>();
+  auto* e2 = moe->experts->ptr(2)->as<FFNImpl>();
+  EXPECT_TRUE(e0->fc1->weight.grad().defined());
+  EXPECT_FALSE(e1->fc1->weight.grad().defined());
+  EXPECT_FALSE(e2->fc2->weight.grad().defined());
+}
+
 TEST_F(SparseMoETest, CapacityDropsLaterTokensAndCountsThem) {
   // k = 1, E = 2, 6 tokens, CF = 1: C = ceil(6 * 1 * 1 / 2) = 3. Tokens 0, 1, 2, 3, 5 prefer expert 0,
   // token 4 expert 1: expert 0 keeps tokens 0-2 and drops 3 and 5.
