@@ -181,6 +181,31 @@ TEST_F(SparseMoETest, ExpertsWithoutTokensDoNotRun) {
   EXPECT_FALSE(e2->fc2->weight.grad().defined());
 }
 
+TEST_F(SparseMoETest, DoubleGradientMatchesFiniteDifferences) {
+  // In float64 (as curvature code may run it), d/dx of <c, out(x)> by autograd against central differences.
+  SparseMoE moe(SparseMoEOptions(3, 3).top_k(2).hidden(5).noisy(true));
+  moe->to(torch::kDouble);
+  moe->eval();
+  const auto x = torch::randn({4, 3}, torch::kDouble).requires_grad_(true);
+  const auto c = torch::randn({4, 3}, torch::kDouble);
+  const auto f = [&](const torch::Tensor& in) { return (moe->forward(in) * c).sum(); };
+  const auto g = torch::autograd::grad({f(x)}, {x})[0];
+  torch::NoGradGuard no_grad;
+  const double h = 1e-6;
+  auto fd = torch::zeros_like(g);
+  for (std::int64_t i = 0; i < 4; ++i) {
+    for (std::int64_t j = 0; j < 3; ++j) {
+      auto xp = x.detach().clone(), xm = x.detach().clone();
+      xp[i][j] += h;
+      xm[i][j] -= h;
+      fd[i][j] = (f(xp) - f(xm)).item<double>() / (2 * h);
+    }
+  }
+  // Truncation O(h^2) ~ 1e-12 and rounding ~ 1e-16 / h ~ 1e-10; a routing switch or ReLU kink within h of a
+  // random point would show as an O(1) error, not as a small one.
+  EXPECT_LT(max_abs_diff(g, fd), 1e-7);
+}
+
 TEST_F(SparseMoETest, CapacityDropsLaterTokensAndCountsThem) {
   // k = 1, E = 2, 6 tokens, CF = 1: C = ceil(6 * 1 * 1 / 2) = 3. Tokens 0, 1, 2, 3, 5 prefer expert 0,
   // token 4 expert 1: expert 0 keeps tokens 0-2 and drops 3 and 5.

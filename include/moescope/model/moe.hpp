@@ -103,7 +103,8 @@ struct SparseMoEOptions {
   /// Noisy top-k (training only): logits + N(0,1) * softplus(noise(h)), noise a Linear(d -> E) "noise".
   TORCH_ARG(bool, noisy) = false;
   /// Capacity factor CF > 0 limits each expert to C = ceil(T*k*CF/E) tokens, earlier tokens first;
-  /// 0 means no limit.
+  /// 0 means no limit. A dropped assignment contributes nothing (its weight is not given to the token's
+  /// other experts); in a residual block the token passes through.
   TORCH_ARG(double, capacity_factor) = 0.0;
   TORCH_ARG(bool, router_bias) = false;
   /// Return the chosen experts' unweighted outputs [T, k, O] in RoutingInfo::expert_outputs.
