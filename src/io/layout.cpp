@@ -642,6 +642,11 @@ const MatrixView* ExpertLayout::find(const std::string& role) const {
   return (it != matrices.end() && it->role == role) ? &*it : nullptr;
 }
 
+std::string matrix_role(const std::string& name) {
+  const MatrixName* m = matrix_name(name);
+  return m ? std::string(m->role) : name;
+}
+
 Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions& opts) {
   NameIndex idx;
   idx.reserve(tensors.size());

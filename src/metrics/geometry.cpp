@@ -20,12 +20,6 @@ struct Partial {
   double var_sum = 0;  // sum over coordinates of the unbiased variance across experts
 };
 
-std::vector<const MatrixView*> chosen_views(const ExpertLayout& e, const std::vector<std::string>& roles) {
-  std::vector<const MatrixView*> out;
-  for (const auto& r : roles) out.push_back(e.find(r));
-  return out;
-}
-
 // The hot loop: for a row-major block x[E_pad][n] (rows >= E zero), adds x x^T to gram (E_pad x E_pad, row-major,
 // lower triangle) and returns the sum over columns of the squared deviations from the column mean over the
 // first E rows. Written as fixed 4-wide lanes in a fixed order so that it vectorises without reassociation:
@@ -92,13 +86,6 @@ void accumulate(const TensorSource& src, const std::vector<const MatrixView*>& v
 
 }  // namespace
 
-std::string canonical_role(const std::string& name) {
-  if (name == "w1" || name == "gate_proj" || name == "w_gate") return "gate";
-  if (name == "w3" || name == "up_proj" || name == "w_up" || name == "fc1" || name == "wi") return "up";
-  if (name == "w2" || name == "down_proj" || name == "w_down" || name == "fc2" || name == "wo") return "down";
-  return name;
-}
-
 double mean_squared_overlap(const Eigen::MatrixXd& overlap) {
   const auto E = overlap.rows();
   if (E < 2 || overlap.cols() != E) throw std::invalid_argument("mean_squared_overlap: need a square matrix, E >= 2");
@@ -133,7 +120,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
       if (m.role.size() < 5 || m.role.compare(m.role.size() - 5, 5, "_bias") != 0) g.roles.push_back(m.role);
   } else {
     for (const auto& r : opts.roles) {
-      const std::string c = canonical_role(r);
+      const std::string c = matrix_role(r);
       if (!first.find(c)) {
         std::string have;
         for (const auto& m : first.matrices) have += (have.empty() ? "" : ", ") + m.role;
@@ -152,7 +139,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
 
   for (const auto& role : g.roles) {
     std::vector<const MatrixView*> views;
-    for (const auto& e : layer.experts) views.push_back(chosen_views(e, {role}).front());
+    for (const auto& e : layer.experts) views.push_back(e.find(role));
     const std::int64_t n = views.front()->numel();
     g.dim += n;
     // static partition into `threads` contiguous ranges, reduced in thread order: deterministic per thread count

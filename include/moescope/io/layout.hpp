@@ -58,6 +58,10 @@ struct LayoutOptions {
   std::string expert_pattern;
 };
 
+/// The role a per-expert matrix name plays in the known families ("w1" -> "gate", "fc2" -> "down",
+/// "wi" -> "up", ...); a role or unknown name is returned unchanged.
+std::string matrix_role(const std::string& name);
+
 /// Detects the layout. Throws InputError when the expert pattern is invalid or lacks a group, or when
 /// experts of one layer disagree in matrices or shapes.
 Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions& opts = {});

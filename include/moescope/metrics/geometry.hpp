@@ -47,9 +47,6 @@ struct LayerGeometry {
   double mean_norm = 0;
 };
 
-/// Canonical role name for a user's matrix name ("w1" -> "gate", "fc2" -> "down", ...); unknown names unchanged.
-std::string canonical_role(const std::string& name);
-
 /// Measures one layer. Throws InputError when a requested role is missing from the layer's experts.
 LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& layer, const GeometryOptions& opts);
 
