@@ -74,6 +74,10 @@ struct TaskData {
   /// The split named "train", "valid" or "test"; throws InputError otherwise.
   const TensorSplit& split(const std::string& name) const;
 };
+/// The CLI's --data: "" keeps `base`; "NAME" or "NAME:PATH" sets the name (and path; for a new name the other
+/// fields keep base's values); a path ending in ".json" is read as a whole DataSpec. Throws InputError.
+DataSpec parse_data_arg(const std::string& arg, const DataSpec& base = {});
+
 /// Reads and tensorises the data. Throws InputError naming the file on any format problem.
 TaskData load_task_data(const DataSpec& spec);
 
