@@ -8,6 +8,9 @@
 #include <string>
 #include <system_error>
 
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
 #include "../model/json_fields.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/util/error.hpp"
@@ -260,6 +263,30 @@ torch::Tensor cholesky_factor(const torch::Tensor& M, const std::string& what) {
   return L;
 }
 
+// X = M^{-1} B for a symmetric positive definite M [d, d] and B [d, m], both float64 on one device. On the CPU
+// through Eigen's blocked LLT (bench_optim: about 4x faster than torch 1.13's LAPACK cholesky + cholesky_solve
+// at d = 512); elsewhere through torch.
+torch::Tensor solve_spd(const torch::Tensor& M, const torch::Tensor& B, const std::string& what) {
+  if (!M.is_cuda()) {
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const auto Mc = M.contiguous();
+    const auto Bc = B.contiguous();
+    const auto d = M.size(0), m = B.size(1);
+    // M is symmetric: reading its row-major storage as column-major gives the same matrix.
+    const Eigen::Map<const Eigen::MatrixXd> Me(Mc.data_ptr<double>(), d, d);
+    const Eigen::LLT<Eigen::MatrixXd> llt(Me);
+    if (llt.info() != Eigen::Success) {
+      throw std::runtime_error(what + ": alpha I + Gram is not positive definite in float64; alpha is too small "
+                                      "for the inputs' scale");
+    }
+    auto X = torch::empty({d, m}, Bc.options());
+    Eigen::Map<RowMajor>(X.data_ptr<double>(), d, m) =
+        llt.solve(Eigen::Map<const RowMajor>(Bc.data_ptr<double>(), d, m));
+    return X;
+  }
+  return torch::cholesky_solve(B, cholesky_factor(M, what));
+}
+
 }  // namespace
 
 torch::Tensor owm_update_rows(const torch::Tensor& P0, const torch::Tensor& rows, double alpha) {
@@ -467,7 +494,8 @@ const torch::Tensor& OMoE::projector(int layer, int expert) const {
     torch::NoGradGuard no_grad;
     const auto M = regularised_other_gram(L, static_cast<std::size_t>(expert));
     const auto where = "OMoE layer " + std::to_string(layer) + " expert " + std::to_string(expert);
-    P = options_.alpha * torch::cholesky_inverse(cholesky_factor(M, where));
+    P = options_.alpha * solve_spd(M, torch::eye(L.dim, M.options()), where);
+    P = 0.5 * (P + P.t());  // exactly symmetric, as P_e is
   }
   return P;
 }
@@ -495,8 +523,7 @@ std::int64_t OMoE::orthogonal_step(double lr) {
         dW = G.mm(L.projectors[e]);
       } else {
         const auto where = "OMoE layer " + std::to_string(l) + " expert " + std::to_string(e);
-        const auto chol = cholesky_factor(regularised_other_gram(L, e), where);
-        dW = (options_.alpha * torch::cholesky_solve(G.t(), chol)).t();
+        dW = (options_.alpha * solve_spd(regularised_other_gram(L, e), G.t(), where)).t();
       }
       std::int64_t row = 0;
       for (auto& w : ws) {
