@@ -140,7 +140,7 @@ RegulariserTerms regulariser_terms(const RoutingInfo& routing, std::int64_t num_
                                    const std::vector<torch::Tensor>& expert_weights) {
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   RegulariserTerms out;
-  out.load_balance = out.z_loss = out.weight_orth = out.guo_orth = out.guo_var = nan;
+  out.load_balance = out.z_loss = out.weight_orth = out.guo_orth = out.guo_var = out.cv_importance = nan;
 
   const torch::Tensor& like = routing.logits.defined() ? routing.logits : routing.probs;
   TORCH_CHECK(like.defined(), "regulariser_terms: routing has neither logits nor probs");
@@ -173,7 +173,18 @@ RegulariserTerms regulariser_terms(const RoutingInfo& routing, std::int64_t num_
                 " needs routing.logits");
     add(-weights.guo_var, guo_variance(routing.logits), out.guo_var);
   }
+  if (weights.cv_importance != 0.0) {
+    TORCH_CHECK(routing.probs.defined(), "regulariser_terms: cv_importance weight ", weights.cv_importance,
+                " needs routing.probs");
+    add(weights.cv_importance, importance_cv_squared(routing.probs), out.cv_importance);
+  }
   return out;
+}
+
+torch::Tensor importance_cv_squared(const torch::Tensor& probs) {
+  TORCH_CHECK(probs.dim() >= 1 && probs.size(-1) >= 2, "importance_cv_squared: need [..., N >= 2] probabilities");
+  const auto importance = probs.reshape({-1, probs.size(-1)}).sum(0);
+  return importance.var(/*unbiased=*/true) / importance.mean().pow(2);
 }
 
 }  // namespace moescope

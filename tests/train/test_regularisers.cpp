@@ -430,5 +430,18 @@ TEST_F(RegularisersTest, CombinedTermsOnSparseMoELayer) {
   EXPECT_GT(layer->router->weight.grad().abs().sum().item<double>(), 0.0);
 }
 
+TEST_F(RegularisersTest, ImportanceCvSquaredClosedForms) {
+  const std::int64_t N = 4;
+  // Uniform importance: 0. All mass on one expert: importance (T, 0, 0, 0), mean T/N, unbiased variance
+  // (T^2 (1 - 1/N)^2 + (N - 1) T^2 / N^2) / (N - 1) = T^2 / N, so CV^2 = (T^2 / N) / (T^2 / N^2) = N.
+  EXPECT_NEAR(importance_cv_squared(torch::full({6, N}, 0.25, kF64)).item<double>(), 0.0, 1e-15);
+  auto onehot = torch::zeros({6, N}, kF64);
+  onehot.select(1, 2).fill_(1.0);
+  EXPECT_NEAR(importance_cv_squared(onehot).item<double>(), static_cast<double>(N), 1e-12);
+  // Against numbers worked by hand: importance (0.9, 0.6, 0.3, 0.2), mean 0.5, unbiased var 0.3 / 3 = 0.1.
+  const auto p = torch::tensor({{0.5, 0.2, 0.1, 0.2}, {0.4, 0.4, 0.2, 0.0}}, kF64);
+  EXPECT_NEAR(importance_cv_squared(p).item<double>(), 0.1 / 0.25, 1e-12);
+}
+
 }  // namespace
 }  // namespace moescope

@@ -48,6 +48,11 @@ torch::Tensor guo_orthogonality_loss(const torch::Tensor& expert_outputs, double
 /// the total loss with a minus sign (total = ... - w_v * v).
 torch::Tensor guo_variance(const torch::Tensor& router_logits);
 
+/// Shazeer et al. 2017's importance loss: with importance_e = sum over tokens of probs[:, e] ([..., N]),
+/// CV^2 = var(importance) / mean(importance)^2, the variance unbiased (N - 1) as in their code. Uniform
+/// importance gives 0; all mass on one of N experts gives N.
+torch::Tensor importance_cv_squared(const torch::Tensor& probs);
+
 /// Strengths of the auxiliary terms; 0 switches a term off. Typical values: load_balance 1e-2 (Switch) or
 /// 1e-3, z_loss 1e-3, weight_orth 1e-2, guo_orth 1e-4, guo_var 1e-3.
 struct RegulariserWeights {
@@ -57,12 +62,14 @@ struct RegulariserWeights {
   double guo_orth = 0.0;
   /// Subtracted: a positive guo_var rewards discriminative (high-variance) routing.
   double guo_var = 0.0;
+  /// Shazeer et al. 2017's importance loss CV^2(importance) (the vision study uses 0.2).
+  double cv_importance = 0.0;
 };
 
 /// One layer's auxiliary loss and its unweighted terms for logging. A term is evaluated only when its weight
 /// is non-zero; the others read NaN (not evaluated, as opposed to 0).
 struct RegulariserTerms {
-  /// load_balance * L_aux + z_loss * L_z + weight_orth * L_w + guo_orth * L_o - guo_var * v: a scalar tensor
+  /// load_balance * L_aux + z_loss * L_z + weight_orth * L_w + guo_orth * L_o - guo_var * v + cv_importance * CV^2: a scalar tensor
   /// with gradient (0 when every weight is 0).
   torch::Tensor total;
   double load_balance = 0.0;
@@ -70,6 +77,7 @@ struct RegulariserTerms {
   double weight_orth = 0.0;
   double guo_orth = 0.0;
   double guo_var = 0.0;
+  double cv_importance = 0.0;
 };
 
 /// Combines the weighted terms for one layer's routing. Uses routing.probs and routing.topk_indices (load

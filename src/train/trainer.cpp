@@ -1,0 +1,603 @@
+// The training loop: deterministic batches and per-step seeds, regularisers per MoE layer, AdamW/SGD with
+// schedules and clipping, OMoE, atomic resumable checkpoints and an HDF5 log.
+#include "moescope/train/trainer.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <regex>
+
+#include "../model/json_fields.hpp"
+#include "moescope/data/split.hpp"
+#include "moescope/io/safetensors.hpp"
+#include "moescope/model/moe.hpp"
+#include "moescope/util/error.hpp"
+#include "moescope/util/random.hpp"
+#include "moescope/version.hpp"
+
+namespace fs = std::filesystem;
+
+namespace moescope {
+
+// ---------------------------------------------------------------------------------------------- JSON
+
+void to_json(nlohmann::json& j, const TrainConfig& c) {
+  const auto& r = c.regularisers;
+  j = nlohmann::json{{"steps", c.steps},
+                     {"epochs", c.epochs},
+                     {"batch_size", c.batch_size},
+                     {"eval_every", c.eval_every},
+                     {"checkpoint_every", c.checkpoint_every},
+                     {"log_every", c.log_every},
+                     {"eval_batch_size", c.eval_batch_size},
+                     {"regularisers",
+                      {{"load_balance", r.load_balance},
+                       {"z_loss", r.z_loss},
+                       {"weight_orth", r.weight_orth},
+                       {"guo_orth", r.guo_orth},
+                       {"guo_var", r.guo_var},
+                       {"cv_importance", r.cv_importance},
+                       {"weight_orth_param", c.weight_orth_param}}},
+                     {"optim", c.optim}};
+}
+
+void from_json(const nlohmann::json& j, TrainConfig& c) {
+  const char* what = "train config";
+  detail::check_fields(j, what, "train",
+                       {"steps", "epochs", "batch_size", "eval_every", "checkpoint_every", "log_every",
+                        "eval_batch_size", "regularisers", "optim"});
+  detail::read_field(j, what, "steps", c.steps);
+  detail::read_field(j, what, "epochs", c.epochs);
+  detail::read_field(j, what, "batch_size", c.batch_size);
+  detail::read_field(j, what, "eval_every", c.eval_every);
+  detail::read_field(j, what, "checkpoint_every", c.checkpoint_every);
+  detail::read_field(j, what, "log_every", c.log_every);
+  detail::read_field(j, what, "eval_batch_size", c.eval_batch_size);
+  if (const auto it = j.find("regularisers"); it != j.end()) {
+    const char* rw = "train config: regularisers";
+    detail::check_fields(*it, rw, "regularisers",
+                         {"load_balance", "z_loss", "weight_orth", "guo_orth", "guo_var", "cv_importance",
+                          "weight_orth_param"});
+    auto& r = c.regularisers;
+    detail::read_field(*it, rw, "load_balance", r.load_balance);
+    detail::read_field(*it, rw, "z_loss", r.z_loss);
+    detail::read_field(*it, rw, "weight_orth", r.weight_orth);
+    detail::read_field(*it, rw, "guo_orth", r.guo_orth);
+    detail::read_field(*it, rw, "guo_var", r.guo_var);
+    detail::read_field(*it, rw, "cv_importance", r.cv_importance);
+    detail::read_field(*it, rw, "weight_orth_param", c.weight_orth_param);
+  }
+  if (const auto it = j.find("optim"); it != j.end()) from_json(*it, c.optim);
+  if (c.steps < 0 || c.epochs < 0 || (c.steps == 0 && c.epochs == 0)) {
+    throw InputError("train config: give steps > 0 or epochs > 0");
+  }
+  if (c.batch_size < 1 || c.eval_batch_size < 1) throw InputError("train config: batch sizes must be >= 1");
+  if (c.eval_every < 0 || c.checkpoint_every < 0 || c.log_every < 1) {
+    throw InputError("train config: eval_every and checkpoint_every must be >= 0, log_every >= 1");
+  }
+}
+
+void to_json(nlohmann::json& j, const RunConfig& c) {
+  j = nlohmann::json{{"name", c.name},   {"seed", c.seed}, {"out_dir", c.out_dir},
+                     {"model", c.model}, {"data", c.data}, {"train", c.train}};
+}
+
+void from_json(const nlohmann::json& j, RunConfig& c) {
+  const char* what = "run config";
+  detail::check_fields(j, what, "run", {"name", "seed", "out_dir", "model", "data", "train"});
+  detail::read_field(j, what, "name", c.name);
+  detail::read_field(j, what, "seed", c.seed);
+  detail::read_field(j, what, "out_dir", c.out_dir);
+  if (const auto it = j.find("model"); it != j.end()) c.model = *it;
+  if (const auto it = j.find("data"); it != j.end()) from_json(*it, c.data);
+  if (const auto it = j.find("train"); it != j.end()) from_json(*it, c.train);
+  static const std::regex kName("[A-Za-z0-9._+-]+");
+  if (!std::regex_match(c.name, kName) || c.name == "." || c.name == "..") {
+    throw InputError("run config: name '" + c.name + "' must be letters, digits, '.', '_', '+' or '-'");
+  }
+}
+
+RunConfig default_run_config() {
+  RunConfig c;
+  c.name = "fmnist-sparse";
+  c.model = {{"type", "classifier"}, {"backbone", "cnn"}, {"backbone_widths", {16, 32}},
+             {"head", "sparse"},     {"head_hidden", 64}, {"experts", 8},
+             {"top_k", 2}};
+  c.data.name = "fashion-mnist";
+  c.data.max_eval = 2000;
+  c.train.epochs = 1;
+  c.train.batch_size = 128;
+  c.train.eval_every = 100;
+  c.train.regularisers.load_balance = 0.01;
+  c.train.optim.name = "adamw";
+  c.train.optim.lr = 2e-3;
+  c.train.optim.weight_decay = 1e-4;
+  c.train.optim.schedule = "cosine";
+  c.train.optim.warmup_steps = 20;
+  c.train.optim.clip_norm = 1.0;
+  return c;
+}
+
+nlohmann::json fit_model_to_data(const nlohmann::json& model, const TaskData& data) {
+  nlohmann::json m = model;
+  if (!m.is_object()) throw InputError("model config: expected a JSON object");
+  auto set = [&](const char* key, std::int64_t value) {
+    const auto it = m.find(key);
+    if (it != m.end() && it->is_number_integer() && it->get<std::int64_t>() != value) {
+      throw InputError(std::string("model config: ") + key + " is " + it->dump() + " but the data (" +
+                       data.spec.name + ") needs " + std::to_string(value));
+    }
+    m[key] = value;
+  };
+  const std::string type = m.value("type", std::string());
+  if (type == "lm") {
+    if (!data.is_text) throw InputError("model config: an lm needs a text data set, not " + data.spec.name);
+    set("vocab_size", data.num_classes);
+    if (m.value("context", std::int64_t{0}) < data.spec.context) m["context"] = data.spec.context;
+  } else if (type == "classifier") {
+    if (data.is_text) throw InputError("model config: a classifier needs an image or clustered data set");
+    if (data.input_shape.size() == 3) {
+      if (data.input_shape[1] != data.input_shape[2]) throw InputError("model config: images must be square");
+      set("in_channels", data.input_shape[0]);
+      set("image_size", data.input_shape[1]);
+    } else {
+      if (m.value("backbone", std::string("resnet18")) != "mlp") {
+        throw InputError("model config: vector data (" + data.spec.name + ") needs the mlp backbone");
+      }
+      set("in_channels", data.input_shape.at(0));
+      set("image_size", 1);
+    }
+    set("num_classes", data.num_classes);
+  } else {
+    throw InputError("model config: \"type\" must be \"classifier\" or \"lm\"");
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------- log
+
+namespace {
+
+const char* const kTerms[] = {"load_balance", "z_loss", "weight_orth", "guo_orth", "guo_var", "cv_importance"};
+constexpr std::size_t kNumTerms = 6;
+
+/// The training log in memory; written whole to log.h5 at each checkpoint.
+struct Log {
+  std::int64_t layers = 0, experts = 0;
+  std::vector<std::int64_t> step;
+  std::vector<double> loss, total_loss, lr, grad_norm, batch_acc;
+  std::vector<double> terms;        // [n, layers, kNumTerms]
+  std::vector<double> expert_load;  // [n, layers, experts]
+  std::vector<std::int64_t> val_step;
+  std::vector<double> val_loss, val_acc, val_ppl;
+
+  double test_loss = std::numeric_limits<double>::quiet_NaN(), test_acc = test_loss, test_ppl = test_loss;
+
+  /// Keeps what a run resumed at `steps_done` has: rows of steps < steps_done, evaluations at <= steps_done.
+  void truncate(std::int64_t steps_done) {
+    std::size_t n = 0;
+    while (n < step.size() && step[n] < steps_done) ++n;
+    step.resize(n), loss.resize(n), total_loss.resize(n), lr.resize(n), grad_norm.resize(n), batch_acc.resize(n);
+    terms.resize(n * layers * kNumTerms), expert_load.resize(n * layers * experts);
+    std::size_t v = 0;
+    while (v < val_step.size() && val_step[v] <= steps_done) ++v;
+    val_step.resize(v), val_loss.resize(v), val_acc.resize(v), val_ppl.resize(v);
+  }
+
+  void write(const std::string& path, const Provenance& prov, const RunConfig& cfg, std::int64_t total_steps) const {
+    ReportWriter w(path);
+    w.write_provenance(prov);
+    const auto n = step.size();
+    const auto L = static_cast<std::size_t>(layers), E = static_cast<std::size_t>(experts);
+    w.write_int("/train/step", step, {n});
+    w.write("/train/loss", loss, {n});
+    w.write("/train/total_loss", total_loss, {n});
+    w.write("/train/lr", lr, {n});
+    w.write("/train/grad_norm", grad_norm, {n});
+    w.write("/train/batch_acc", batch_acc, {n});
+    if (L > 0) {
+      for (std::size_t t = 0; t < kNumTerms; ++t) {
+        std::vector<double> col(n * L);
+        for (std::size_t i = 0; i < n * L; ++i) col[i] = terms[i * kNumTerms + t];
+        w.write(std::string("/train/regularisers/") + kTerms[t], col, {n, L});
+      }
+      w.write("/train/expert_load", expert_load, {n, L, E});
+      w.set_attr("/train/expert_load", "meaning",
+                 "fraction of (token, choice) assignments per expert for top-k layers; mean router probability "
+                 "for dense-gated and soft layers; [step, layer, expert]");
+      w.set_attr("/train/regularisers", "meaning",
+                 "unweighted value of each term per logged step and MoE layer; NaN where the term's weight is 0");
+    }
+    w.write_int("/train/val_step", val_step, {val_step.size()});
+    w.write("/train/val_loss", val_loss, {val_loss.size()});
+    w.write("/train/val_acc", val_acc, {val_acc.size()});
+    w.write("/train/val_perplexity", val_ppl, {val_ppl.size()});
+    w.write_scalar("/train/test_loss", test_loss);
+    w.write_scalar("/train/test_acc", test_acc);
+    w.write_scalar("/train/test_perplexity", test_ppl);
+    w.set_attr("/train", "config", nlohmann::json(cfg).dump());
+    w.set_attr("/train", "total_steps", total_steps);
+    w.commit();
+  }
+
+  void read(const std::string& path) {
+    const ReportReader r(path);
+    const auto as_int = [](const std::vector<double>& v) { return std::vector<std::int64_t>(v.begin(), v.end()); };
+    step = as_int(r.read("/train/step"));
+    loss = r.read("/train/loss");
+    total_loss = r.read("/train/total_loss");
+    lr = r.read("/train/lr");
+    grad_norm = r.read("/train/grad_norm");
+    batch_acc = r.read("/train/batch_acc");
+    const std::size_t n = step.size();
+    if (layers > 0) {
+      terms.assign(n * layers * kNumTerms, 0.0);
+      for (std::size_t t = 0; t < kNumTerms; ++t) {
+        const auto col = r.read(std::string("/train/regularisers/") + kTerms[t]);
+        if (col.size() != n * layers) fail_input(path, "log does not fit this run's MoE layers");
+        for (std::size_t i = 0; i < col.size(); ++i) terms[i * kNumTerms + t] = col[i];
+      }
+      expert_load = r.read("/train/expert_load");
+      if (expert_load.size() != n * layers * experts) fail_input(path, "log does not fit this run's experts");
+    }
+    val_step = as_int(r.read("/train/val_step"));
+    val_loss = r.read("/train/val_loss");
+    val_acc = r.read("/train/val_acc");
+    val_ppl = r.read("/train/val_perplexity");
+  }
+};
+
+std::int64_t step_of(const fs::path& p) {
+  static const std::regex re("step_([0-9]+)");
+  std::smatch m;
+  const std::string name = p.filename().string();
+  return std::regex_match(name, m, re) ? std::stoll(m[1].str()) : -1;
+}
+
+/// The highest step directory holding a complete checkpoint (state.json is written last).
+fs::path latest_checkpoint(const fs::path& run_dir) {
+  fs::path best;
+  std::int64_t best_step = -1;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::int64_t s = step_of(e.path());
+    if (s > best_step && fs::exists(e.path() / "state.json")) best_step = s, best = e.path();
+  }
+  return best;
+}
+
+void write_text_atomic(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) fail_input(tmp.string(), "cannot write");
+  }
+  fs::rename(tmp, path);
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) fail_input(path.string(), "cannot open");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail_input(path.string(), std::string("not valid JSON: ") + e.what());
+  }
+}
+
+void save_tensor_map(const std::map<std::string, torch::Tensor>& state, const fs::path& path) {
+  std::vector<torch::Tensor> host;
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, t] : state) {
+    const bool integral = !at::isFloatingType(t.scalar_type());
+    host.push_back(t.detach().to(torch::kCPU, integral ? torch::kInt64 : torch::kFloat64).contiguous());
+    TensorToWrite w;
+    w.info.name = name;
+    w.info.dtype = integral ? DType::I64 : DType::F64;
+    w.info.shape = host.back().sizes().vec();
+    w.data = host.back().data_ptr();
+    tensors.push_back(w);
+  }
+  write_safetensors(path.string(), tensors);
+}
+
+std::map<std::string, torch::Tensor> load_tensor_map(const fs::path& path) {
+  const SafetensorsFile file(path.string());
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& info : file.tensors()) {
+    const ByteView raw = file.raw(info.name);
+    const auto dtype = info.dtype == DType::I64 ? torch::kInt64 : torch::kFloat64;
+    if (info.dtype != DType::I64 && info.dtype != DType::F64) fail_input(path.string(), "unexpected dtype");
+    auto t = torch::empty(info.shape, dtype);
+    std::memcpy(t.data_ptr(), raw.data, raw.size);
+    out[info.name] = t;
+  }
+  return out;
+}
+
+/// Asks every MoE layer to return its experts' outputs (Guo et al.'s orthogonality loss needs them).
+void keep_expert_outputs(const std::vector<MoELayerRef>& layers) {
+  for (const auto& ref : layers) {
+    if (auto* s = dynamic_cast<SparseMoEImpl*>(ref.layer)) s->options.keep_expert_outputs(true);
+    if (auto* g = dynamic_cast<GatedMixtureImpl*>(ref.layer)) g->options.keep_expert_outputs(true);
+    if (auto* so = dynamic_cast<SoftMoEImpl*>(ref.layer)) so->options.keep_expert_outputs(true);
+  }
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<std::int64_t>(seconds + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------- train
+
+TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
+  const auto t_start = Clock::now();
+  StepTimes times;
+
+  // Data and model.
+  TaskData loaded;
+  if (options.data == nullptr) loaded = load_task_data(config_in.data);
+  const TaskData& data = options.data != nullptr ? *options.data : loaded;
+  times.data += seconds_since(t_start);
+  RunConfig config = config_in;
+  config.model = fit_model_to_data(config.model, data);
+  validate(config.train.optim);
+  const TrainConfig& tc = config.train;
+  const std::int64_t n_train = data.train.size();
+  if (n_train == 0) throw InputError("data " + data.spec.name + ": the train split is empty");
+  const std::int64_t batch = std::min(tc.batch_size, n_train);
+  const std::int64_t per_epoch = std::max<std::int64_t>(1, n_train / batch);
+  const std::int64_t total_steps = tc.steps > 0 ? tc.steps : tc.epochs * per_epoch;
+
+  torch::manual_seed(config.seed);
+  const TaskModel model = TaskModel::create(config.model);
+  const auto layers = model.moe_layers();
+  if (tc.regularisers.guo_orth != 0.0) keep_expert_outputs(layers);
+  std::vector<torch::Tensor> params;
+  for (const auto& p : model.module().parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  auto optimizer = make_optimizer(tc.optim, params);
+  std::unique_ptr<OMoE> omoe;
+  std::vector<std::shared_ptr<Probe>> probes;
+  if (tc.optim.omoe.enabled) {
+    if (layers.empty()) throw InputError("train config: OMoE needs a model with MoE layers");
+    std::vector<std::vector<std::vector<torch::Tensor>>> weights;
+    for (const auto& ref : layers) {
+      weights.push_back(OMoE::expert_input_weights(ref.experts));
+      auto probe = std::make_shared<Probe>();
+      probe->record_inputs = true;
+      ref.layer->set_probe(probe);
+      probes.push_back(probe);
+    }
+    omoe = std::make_unique<OMoE>(std::move(weights), tc.optim.omoe);
+  }
+  std::vector<std::vector<torch::Tensor>> orth_weights(layers.size());
+  if (tc.regularisers.weight_orth != 0.0) {
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      orth_weights[l] = expert_parameters(layers[l].experts, tc.weight_orth_param);
+    }
+  }
+
+  Log log;
+  log.layers = static_cast<std::int64_t>(layers.size());
+  log.experts = layers.empty() ? 0 : layers.front().layer->num_experts();
+  for (const auto& ref : layers) {
+    if (ref.layer->num_experts() != log.experts) throw InputError("model config: MoE layers differ in expert count");
+  }
+
+  // Run directory, resume.
+  const fs::path run_dir = fs::path(config.out_dir) / config.name;
+  fs::create_directories(run_dir);
+  nlohmann::json config_json = config;
+  nlohmann::json comparable = config_json;
+  comparable.erase("out_dir");
+  std::int64_t start = 0;
+  TrainResult result;
+  result.run_dir = run_dir.string();
+  result.total_steps = total_steps;
+  Provenance prov = options.provenance;
+  prov.seed = static_cast<std::int64_t>(config.seed);
+  prov.checkpoint = data.spec.name + (data.spec.path.empty() ? "" : ":" + data.spec.path);
+  if (prov.hash_scope.empty()) prov.hash_scope = "none";
+  const fs::path log_path = run_dir / "log.h5";
+
+  if (options.resume) {
+    const fs::path last = latest_checkpoint(run_dir);
+    if (!last.empty()) {
+      nlohmann::json saved = read_json(run_dir / "config.json");
+      saved.erase("out_dir");
+      if (saved != comparable) {
+        fail_input((run_dir / "config.json").string(),
+                   "the run was started with another config; resume with the same config or a new name");
+      }
+      const nlohmann::json state = read_json(last / "state.json");
+      start = state.at("step").get<std::int64_t>();
+      load_weights(model, (last / "model.safetensors").string());
+      load_optimizer(*optimizer, (last / "optimizer.pt").string());
+      if (omoe) omoe->load_state(load_tensor_map(last / "omoe.safetensors"));
+      if (fs::exists(log_path)) {
+        log.read(log_path.string());
+        log.truncate(start);
+      }
+      result.last_checkpoint = last.string();
+      spdlog::info("train {}: resuming at step {} of {} from {}", config.name, start, total_steps, last.string());
+    }
+  } else if (fs::exists(run_dir / "config.json") && !latest_checkpoint(run_dir).empty()) {
+    fail_input(run_dir.string(), "already holds a run; use --resume to continue it or choose another name");
+  }
+  write_text_atomic(run_dir / "config.json", config_json.dump(2) + "\n");
+  result.first_step = start;
+
+  auto checkpoint = [&](std::int64_t steps_done) {
+    const auto t0 = Clock::now();
+    const fs::path final_dir = run_dir / ("step_" + std::to_string(steps_done));
+    const fs::path tmp = final_dir.string() + ".tmp";
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    save_weights(model, (tmp / "model.safetensors").string(),
+                 {{"moescope_run", config.name}, {"step", std::to_string(steps_done)}});
+    write_text_atomic(tmp / "config.json", config_json.dump(2) + "\n");
+    save_optimizer(*optimizer, (tmp / "optimizer.pt").string());
+    if (omoe) save_tensor_map(omoe->state(), tmp / "omoe.safetensors");
+    write_text_atomic(tmp / "state.json",
+                      nlohmann::json{{"step", steps_done}, {"total_steps", total_steps}, {"seed", config.seed},
+                                     {"moescope_version", kVersion}}
+                          .dump(2));
+    fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+    log.write(log_path.string(), prov, config, total_steps);
+    result.last_checkpoint = final_dir.string();
+    times.checkpoint += seconds_since(t0);
+  };
+  auto validate_now = [&](std::int64_t steps_done) {
+    const auto t0 = Clock::now();
+    const EvalResult v = evaluate(model, data.valid.size() > 0 ? data.valid : data.test, tc.eval_batch_size);
+    log.val_step.push_back(steps_done);
+    log.val_loss.push_back(v.loss);
+    log.val_acc.push_back(v.accuracy);
+    log.val_ppl.push_back(v.perplexity);
+    times.eval += seconds_since(t0);
+    return v;
+  };
+
+  if (start == 0) checkpoint(0);  // the initialisation, for before/after comparisons
+
+  // The loop.
+  model.module().train();
+  std::vector<std::int64_t> order;
+  std::int64_t order_epoch = -1;
+  const auto t_loop = Clock::now();
+  auto t_progress = Clock::now();
+  std::int64_t step = start;
+  const std::int64_t stop = options.stop_after > 0 ? std::min(total_steps, start + options.stop_after) : total_steps;
+  for (; step < stop; ++step) {
+    auto t0 = Clock::now();
+    const std::int64_t epoch = step / per_epoch;
+    if (epoch != order_epoch) {
+      order = permutation(n_train, splitmix64(config.seed + static_cast<std::uint64_t>(epoch)));
+      order_epoch = epoch;
+    }
+    const std::int64_t pos = (step % per_epoch) * batch;
+    const auto idx = torch::tensor(torch::ArrayRef<std::int64_t>(order.data() + pos, batch), torch::kInt64);
+    const auto x = data.train.inputs.index_select(0, idx);
+    const auto y = data.train.targets.index_select(0, idx);
+    torch::manual_seed(splitmix64(config.seed ^ static_cast<std::uint64_t>(step + 1)));
+    times.data += seconds_since(t0);
+
+    t0 = Clock::now();
+    BatchResult r = model.batch_loss(x, y);
+    times.forward += seconds_since(t0);
+
+    t0 = Clock::now();
+    torch::Tensor total = r.loss;
+    std::vector<RegulariserTerms> terms;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      terms.push_back(regulariser_terms(r.routing[l], layers[l].layer->num_experts(), tc.regularisers,
+                                        orth_weights[l]));
+      total = total + terms.back().total;
+    }
+    times.regularisers += seconds_since(t0);
+
+    t0 = Clock::now();
+    optimizer->zero_grad();
+    total.backward();
+    times.backward += seconds_since(t0);
+
+    t0 = Clock::now();
+    const double lr = learning_rate(tc.optim, step, total_steps);
+    set_learning_rate(*optimizer, lr);
+    const double grad_norm = clip_gradients(params, tc.optim.clip_norm);
+    if (std::isfinite(grad_norm)) {
+      const bool orth = omoe && omoe->is_orthogonal_step(step);
+      if (orth) omoe->orthogonal_step(lr);
+      optimizer->step();
+      if (omoe && !orth) {
+        for (std::size_t l = 0; l < layers.size(); ++l) {
+          omoe->accumulate(static_cast<int>(l), probes[l]->inputs.back(), r.routing[l]);
+        }
+      }
+    } else {
+      spdlog::warn("train {}: step {}: gradient norm is {}, step skipped", config.name, step, grad_norm);
+    }
+    for (auto& p : probes) p->clear();
+    times.optimiser += seconds_since(t0);
+    result.samples += batch;
+
+    const std::int64_t done = step + 1;
+    if (step % tc.log_every == 0 || done == total_steps) {
+      log.step.push_back(step);
+      log.loss.push_back(r.loss.item<double>());
+      log.total_loss.push_back(total.item<double>());
+      log.lr.push_back(lr);
+      log.grad_norm.push_back(grad_norm);
+      log.batch_acc.push_back(static_cast<double>(r.correct) / static_cast<double>(r.count));
+      torch::NoGradGuard ng;
+      for (std::size_t l = 0; l < layers.size(); ++l) {
+        const RegulariserTerms& t = terms[l];
+        for (double v : {t.load_balance, t.z_loss, t.weight_orth, t.guo_orth, t.guo_var, t.cv_importance}) {
+          log.terms.push_back(v);
+        }
+        const RoutingInfo& ri = r.routing[l];
+        torch::Tensor load;
+        if (ri.topk_indices.defined()) {
+          load = torch::bincount(ri.topk_indices.reshape({-1}), {}, log.experts).to(torch::kFloat64);
+          load = load / load.sum();
+        } else {
+          load = ri.probs.detach().reshape({-1, log.experts}).to(torch::kFloat64).mean(0);
+        }
+        for (std::int64_t e = 0; e < log.experts; ++e) log.expert_load.push_back(load[e].item<double>());
+      }
+    }
+    if (tc.eval_every > 0 && done % tc.eval_every == 0 && done != total_steps) {
+      const EvalResult v = validate_now(done);
+      spdlog::info("train {}: step {} validation loss {:.4f} accuracy {:.4f}", config.name, done, v.loss, v.accuracy);
+    }
+    if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done != total_steps) checkpoint(done);
+    if (options.progress_seconds >= 0 && seconds_since(t_progress) >= options.progress_seconds) {
+      const double rate = static_cast<double>(done - start) / seconds_since(t_loop);
+      spdlog::info("train {}: step {}/{} loss {:.4f} acc {:.3f} lr {:.3g} | {:.0f} samples/s | ETA {}", config.name,
+                   done, total_steps, r.loss.item<double>(),
+                   static_cast<double>(r.correct) / static_cast<double>(r.count), lr, rate * batch,
+                   format_duration(static_cast<double>(total_steps - done) / rate));
+      t_progress = Clock::now();
+    }
+  }
+
+  result.steps = step;
+  result.finished = step == total_steps;
+  if (result.finished) {
+    result.valid = validate_now(step);
+    const auto t0 = Clock::now();
+    result.test = evaluate(model, data.test, tc.eval_batch_size);
+    log.test_loss = result.test.loss;
+    log.test_acc = result.test.accuracy;
+    log.test_ppl = result.test.perplexity;
+    times.eval += seconds_since(t0);
+  }
+  if (step > start || result.finished) checkpoint(step);
+  if (result.finished) {
+    spdlog::info("train {}: done, {} steps; validation loss {:.4f} accuracy {:.4f}; test loss {:.4f} accuracy {:.4f}",
+                 config.name, step, result.valid.loss, result.valid.accuracy, result.test.loss,
+                 result.test.accuracy);
+  }
+  result.times = times;
+  return result;
+}
+
+}  // namespace moescope
