@@ -390,6 +390,7 @@ SharpnessResult sharpness(const std::vector<NamedParameter>& params, const std::
     ro.normalization = opts.normalization;
     ro.small = opts.small;
     ro.seed = opts.seed + m + 1;
+    restore.f();  // normalise to w0, not to the previous direction's last point
     const Direction d = random_direction(params, ro);
     for (std::size_t k = 0; k < R; ++k) {
       {
