@@ -67,8 +67,12 @@ def plot_2d(g, out_dir, names, levels, vmax):
         fig, ax = plt.subplots(figsize=(4.5, 4))
         # values[i, j] at (x[i], y[j]): contour wants Z[row = y, column = x], the transpose
         zz = z.T if vmax is None or not n.endswith("_loss") else np.minimum(z.T, vmax)
-        cs = ax.contour(x, y, zz, levels=levels, cmap="viridis")
-        ax.clabel(cs, inline=True, fontsize=7)
+        finite = zz[np.isfinite(zz)]
+        if finite.size and np.ptp(finite) > 0:
+            cs = ax.contour(x, y, zz, levels=levels, cmap="viridis")
+            ax.clabel(cs, inline=True, fontsize=7)
+        else:  # a constant surface has no contour lines
+            ax.pcolormesh(x, y, zz, shading="nearest", cmap="viridis")
         ax.plot([0], [0], "k+", markersize=8)
         ax.set_xlabel("x")
         ax.set_ylabel("y")
