@@ -30,5 +30,6 @@ void add_geometry(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
 void add_correlate(CLI::App& app, Context& ctx);
 void add_train(CLI::App& app, Context& ctx);
+void add_landscape(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli

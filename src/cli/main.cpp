@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   cli::add_synth(app, ctx);
   cli::add_correlate(app, ctx);
   cli::add_train(app, ctx);
+  cli::add_landscape(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
