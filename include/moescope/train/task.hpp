@@ -83,7 +83,9 @@ TaskData load_task_data(const DataSpec& spec);
 
 /// One MoE layer of a model.
 struct MoELayerRef {
-  int index = 0;           ///< 0, 1, ... in forward order
+  /// The layer number as layout detection and --params expert:L.E count it: the block index for an LM
+  /// ("blocks.L.moe"), 0 for a classifier head.
+  int index = 0;
   std::string prefix;      ///< parameter-name prefix: "head" (classifier) or "blocks.L.moe" (LM)
   MoELayer* layer = nullptr;
   torch::nn::ModuleList experts{nullptr};
