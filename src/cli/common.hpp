@@ -31,5 +31,6 @@ void add_synth(CLI::App& app, Context& ctx);
 void add_correlate(CLI::App& app, Context& ctx);
 void add_train(CLI::App& app, Context& ctx);
 void add_landscape(CLI::App& app, Context& ctx);
+void add_activations(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli
