@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: installs what is missing, builds moescope, makes a checkpoint,
-# analyses it, and writes the report and figures under out/demo/.
+# The main job on the embedded default data: installs what is missing, builds moescope, trains a small sparse
+# MoE on Fashion-MNIST (Debian's dataset-fashion-mnist), analyses the trained run against its initialisation
+# and writes reports and figures under out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh build
 bin=build/moescope
 out=out/demo
 mkdir -p "$out"
-# A Mixtral-named bf16 checkpoint whose experts share half their variance: expert cosine ~0.5, MSO ~0.25.
-"$bin" synth mixtral -o "$out/mixtral-synthetic.safetensors" --layers 4 --experts 8 --hidden 256 \
-  --intermediate 512 --dtype BF16 --rho 0.5 --seed 1
-"$bin" inspect "$out/mixtral-synthetic.safetensors"
-"$bin" geometry "$out/mixtral-synthetic.safetensors" -o "$out/geometry.h5"
-/usr/bin/python3 tools/plot_report.py "$out/geometry.h5" -o "$out/figures"
-echo "report: $out/geometry.h5   figures: $out/figures/"
+rm -rf "$out/runs/fmnist-sparse"
+# 1. Train: small CNN + top-2 of 8 experts, AdamW with a cosine schedule, load balancing, one epoch.
+"$bin" train --out-dir "$out/runs" --name fmnist-sparse
+run="$out/runs/fmnist-sparse"
+last=$(ls -d "$run"/step_* | sed 's/.*step_//' | sort -n | tail -1)
+final="$run/step_$last"
+# 2. What the checkpoint holds, and the experts' weight geometry before and after training.
+"$bin" inspect "$final/model.safetensors"
+"$bin" geometry "$run/step_0/model.safetensors" -o "$out/geometry_init.h5"
+# 3. Activation overlap of the experts on the same test images, next to the weight geometry.
+"$bin" activations "$final" --split test --max-tokens 2000 --geometry -o "$out/activations.h5"
+"$bin" activations "$run/step_0" --split test --max-tokens 2000 --geometry -o "$out/activations_init.h5"
+# 4. Loss along a filter-normalised random direction, on train and test.
+"$bin" landscape "$final" --dirs filter --x -1:1:21 --split train,test --max-samples 1000 -o "$out/landscape.h5"
+# 5. Figures.
+/usr/bin/python3 tools/plot_report.py "$run/log.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot_report.py "$out/activations.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot_landscape.py "$out/landscape.h5" -o "$out/figures"
+echo "run: $run   reports: $out/*.h5   figures: $out/figures/"
