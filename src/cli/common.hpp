@@ -29,5 +29,6 @@ void add_inspect(CLI::App& app, Context& ctx);
 void add_geometry(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
 void add_correlate(CLI::App& app, Context& ctx);
+void add_hessian(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli

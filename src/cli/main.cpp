@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   cli::add_geometry(app, ctx);
   cli::add_synth(app, ctx);
   cli::add_correlate(app, ctx);
+  cli::add_hessian(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
