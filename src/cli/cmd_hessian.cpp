@@ -59,12 +59,6 @@ struct Group {
   std::string spec;
 };
 
-std::string join(const std::vector<std::string>& v, const char* sep = ",") {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
-  return s;
-}
-
 std::vector<double> to_vector(const Eigen::VectorXd& v) { return std::vector<double>(v.data(), v.data() + v.size()); }
 
 // A library argument check (std::invalid_argument) becomes bad input naming the flags that set it.
