@@ -142,7 +142,8 @@ TEST(CliHessian, TopEigenvaluesAndTraceMatchTheDenseHessian) {
     // Every product is counted: the eigensolver's and the trace's 3n.
     EXPECT_EQ(rep.read_scalar(base + "/matvecs"),
               static_cast<double>(std::get<std::int64_t>(rep.attr(base, "eigen_matvecs")) + 3 * n));
-    EXPECT_EQ(std::get<std::int64_t>(rep.attr(base, "samples")), kSamples);
+    // The clustered task's test split has samples / 5 = 60 samples, fewer than --max-samples.
+    EXPECT_EQ(std::get<std::int64_t>(rep.attr(base, "samples")), split == "train" ? kSamples : 60);
   }
   EXPECT_EQ(attr_string(rep, "/", "device"), "cpu");
 
@@ -220,7 +221,6 @@ TEST(CliHessian, BadFlagsExitTwoWithOneLineAndNoReport) {
   bad({"--params", "expert:7.7"}, "--params");
   bad({"--solver", "spectra", "--top-k", "100000"}, "--solver spectra");
   bad({"--trace", "xtrace", "--probes", "100000"}, "--trace xtrace");
-  bad({"--which", "SA"}, "--which");
   bad({"--world-size", "2"}, "--init");
   if (!torch::cuda::is_available()) bad({"--device", "cuda"}, "--device cuda");
   const auto missing = run_moescope({"hessian", dir.file("nowhere"), "-o", out});
