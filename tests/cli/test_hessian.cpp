@@ -87,7 +87,7 @@ DenseHessian dense_hessian(const std::string& run_path, const std::string& split
   const std::int64_t n = op.size();
   d.h.resize(n, n);
   for (std::int64_t j = 0; j < n; ++j) d.h.col(j) = op.apply(Eigen::VectorXd::Unit(n, j));
-  d.h = 0.5 * (d.h + d.h.transpose());
+  d.h = (0.5 * (d.h + d.h.transpose())).eval();  // eval: the transpose aliases d.h
   return d;
 }
 

@@ -276,7 +276,7 @@ TEST(TorchLanczos, MlpHessianMatchesDenseEigendecomposition) {
   const std::int64_t n = op.size();
   Eigen::MatrixXd H(n, n);
   for (std::int64_t j = 0; j < n; ++j) H.col(j) = op.apply(Eigen::VectorXd::Unit(n, j));
-  H = 0.5 * (H + H.transpose());
+  H = (0.5 * (H + H.transpose())).eval();  // eval: the transpose aliases H
   const Eigen::VectorXd ev = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(H).eigenvalues().reverse();
 
   TorchLanczosOptions o;

@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
   t0 = Clock::now();
   Eigen::MatrixXd hr(nr, nr);
   for (std::int64_t j = 0; j < nr; ++j) hr.col(j) = rop.apply(Eigen::VectorXd::Unit(nr, j));
-  hr = 0.5 * (hr + hr.transpose());
+  hr = (0.5 * (hr + hr.transpose())).eval();  // eval: the transpose aliases hr
   const double exact = hr.trace();
   const Eigen::VectorXd ev = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(hr, Eigen::EigenvaluesOnly).eigenvalues();
   const Eigen::VectorXd evd = ev.reverse().cwiseAbs();
