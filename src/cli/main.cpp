@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   cli::add_train(app, ctx);
   cli::add_landscape(app, ctx);
   cli::add_activations(app, ctx);
+  cli::add_hessian(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);

@@ -75,7 +75,18 @@ torch::Tensor HessianOperator::hvp(const torch::Tensor& v) const {
     total = total.defined() ? total + flat : flat;
     n += samples;
   }
-  return total / static_cast<double>(n);
+  return finish(total, n);
+}
+
+torch::Tensor HessianOperator::finish(const torch::Tensor& total, std::int64_t n) const {
+  if (!opts_.all_reduce) return total / static_cast<double>(n);
+  // One collective per product: the sum and the count travel together (the count is exact in float32 up to
+  // 2^24 samples, and in float64 beyond any evaluation set).
+  torch::Tensor packed = torch::cat({total, torch::full({1}, static_cast<double>(n), total.options())});
+  opts_.all_reduce(packed);
+  const double global_n = packed[size_].item<double>();
+  TORCH_CHECK(global_n >= 1, "HessianOperator: no samples over all processes");
+  return packed.narrow(0, 0, size_) / global_n;
 }
 
 torch::Tensor HessianOperator::gradient() const {
@@ -88,7 +99,7 @@ torch::Tensor HessianOperator::gradient() const {
     total = total.defined() ? total + flat : flat;
     n += samples;
   }
-  return total / static_cast<double>(n);
+  return finish(total.detach(), n);
 }
 
 double HessianOperator::loss() const {
@@ -99,6 +110,11 @@ double HessianOperator::loss() const {
     const BatchLoss l = loss_(b);
     total += l.loss.item<double>() * static_cast<double>(l.samples);
     n += l.samples;
+  }
+  if (opts_.all_reduce) {
+    torch::Tensor packed = torch::tensor({total, static_cast<double>(n)}, torch::kFloat64);
+    opts_.all_reduce(packed);
+    return packed[0].item<double>() / packed[1].item<double>();
   }
   return total / static_cast<double>(n);
 }

@@ -22,6 +22,11 @@ struct HvpOptions {
   /// Keep each batch's first-order graph (gradients with create_graph) between products, so a product costs one
   /// backward instead of a forward and two backwards (PyHessian does this). Memory: every batch's graph.
   bool keep_graph = false;
+  /// Data parallelism (curvature/distributed.hpp): when set, every product's, gradient's and loss's local
+  /// sample-weighted sum, packed into one flat tensor with the local sample count last, is summed in place over
+  /// the processes by this hook before the division; each process then holds the result for the union of all
+  /// processes' batches. Every process must make the same calls in the same order.
+  std::function<void(torch::Tensor&)> all_reduce;
 };
 
 /// H v for the loss L = sum_b n_b L_b / sum_b n_b (a sample-weighted mean, so the answer does not depend on how
@@ -37,11 +42,15 @@ class HessianOperator final : public LinearOperator {
   torch::Tensor gradient() const;
   /// L itself (sample-weighted mean over the batches).
   double loss() const;
+  /// Device and dtype of the parameters (and of hvp's result).
+  torch::TensorOptions options() const { return params_.front().options(); }
 
  protected:
   void apply_impl(const double* x, double* y) const override;
 
  private:
+  // Divides a local sample-weighted sum by the sample count, after the all-reduce when there is one.
+  torch::Tensor finish(const torch::Tensor& total, std::int64_t n) const;
   std::vector<torch::Tensor> grads_of(std::int64_t batch, bool create_graph, std::int64_t* samples) const;
 
   std::vector<torch::Tensor> params_;

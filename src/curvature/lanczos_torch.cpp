@@ -1,0 +1,260 @@
+#include "moescope/curvature/lanczos_torch.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "moescope/curvature/hvp.hpp"
+#include "moescope/util/random.hpp"
+
+namespace moescope {
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& what) { throw std::invalid_argument("torch_lanczos_eigs: " + what); }
+
+template <class T>
+std::string str(const T& v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// The Lanczos recurrence of detail::LanczosProcess with the basis as rows of one device tensor.
+class TorchLanczos {
+ public:
+  enum class Step { Ok, Breakdown, NonFinite };
+
+  TorchLanczos(const TensorOperator& op, std::int64_t n, std::int64_t max_steps, torch::TensorOptions to)
+      : op_(op), n_(n), max_steps_(std::min(max_steps, n)), to_(to) {
+    alpha_.resize(max_steps_);
+    beta_.resize(max_steps_);
+  }
+
+  bool start(const torch::Tensor& v0) {
+    const double nrm = v0.norm().item<double>();
+    if (!(nrm > 0.0) || !std::isfinite(nrm)) return false;
+    steps_ = 0;
+    anorm_ = 0.0;
+    ensure_capacity(1);
+    v_[0].copy_(v0 / nrm);
+    return true;
+  }
+
+  Step step() {
+    const std::int64_t j = steps_;
+    torch::Tensor w = apply(v_[j]);
+    const double wnorm = w.norm().item<double>();
+    if (!std::isfinite(wnorm)) return Step::NonFinite;
+    anorm_ = std::max(anorm_, wnorm);
+    const torch::Tensor h = orthogonalise(w, j + 1);
+    alpha_(j) = h[j].item<double>();
+    const double b = w.norm().item<double>();
+    beta_(j) = b;
+    steps_ = j + 1;
+    if (!std::isfinite(b) || !std::isfinite(alpha_(j))) return Step::NonFinite;
+    // What survives two Gram-Schmidt passes below this level is rounding noise, not a new direction; the
+    // unit roundoff of the basis dtype sets the level (float32 bases break down at ~1e-5 relative).
+    const double eps = to_.dtype() == torch::kFloat32 ? std::numeric_limits<float>::epsilon()
+                                                      : std::numeric_limits<double>::epsilon();
+    const double tiny = 64.0 * eps * anorm_;
+    if (b <= tiny || steps_ >= n_) {
+      beta_(j) = 0.0;
+      return Step::Breakdown;
+    }
+    if (steps_ < max_steps_) {
+      ensure_capacity(steps_ + 1);
+      v_[steps_].copy_(w / b);
+    }
+    return Step::Ok;
+  }
+
+  bool restart(Rng& rng) {
+    if (steps_ >= max_steps_ || steps_ >= n_) return false;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      torch::Tensor r = host_gaussian(rng);
+      const double before = r.norm().item<double>();
+      orthogonalise(r, steps_);
+      const double after = r.norm().item<double>();
+      // A random vector keeps about sqrt((n - steps) / n) of its norm; far less means it fell into the span.
+      if (after > 1e-8 * before) {
+        ensure_capacity(steps_ + 1);
+        v_[steps_].copy_(r / after);
+        beta_(steps_ - 1) = 0.0;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // n x c on the device: v_0..v_{steps-1} combined by the host coefficients (steps x c).
+  torch::Tensor combine(const Eigen::MatrixXd& coefficients) const {
+    const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> c = coefficients;
+    const torch::Tensor ct = torch::from_blob(const_cast<double*>(c.data()), {c.rows(), c.cols()}, torch::kFloat64)
+                                 .to(to_);
+    return v_.narrow(0, 0, steps_).t().mm(ct);
+  }
+
+  torch::Tensor host_gaussian(Rng& rng) const {
+    torch::Tensor h = torch::empty({n_}, torch::kFloat64);
+    rng.fill_gaussian(h.data_ptr<double>(), n_);
+    return h.to(to_);
+  }
+
+  torch::Tensor apply(const torch::Tensor& x) {
+    ++matvecs_;
+    // The caller's NoGradGuard covers the basis only: an HVP differentiates inside the operator.
+    torch::AutoGradMode grad_mode(true);
+    torch::Tensor y = op_(x);
+    TORCH_CHECK(y.numel() == n_, "torch_lanczos_eigs: the operator returned ", y.numel(), " values for n = ", n_);
+    return y.detach().reshape({n_}).to(to_);
+  }
+
+  std::int64_t steps() const { return steps_; }
+  std::int64_t matvecs() const { return matvecs_; }
+  Eigen::VectorXd alpha() const { return alpha_.head(steps_); }
+  Eigen::VectorXd beta() const { return beta_.head(steps_ > 0 ? steps_ - 1 : 0); }
+  double beta_next() const { return steps_ > 0 ? beta_(steps_ - 1) : 0.0; }
+
+ private:
+  // Two passes of classical Gram-Schmidt against the first `cols` basis rows, as two matrix-vector products
+  // each (one kernel per product on a GPU); returns the accumulated coefficients.
+  torch::Tensor orthogonalise(torch::Tensor& w, std::int64_t cols) const {
+    const torch::Tensor basis = v_.narrow(0, 0, cols);
+    torch::Tensor h = basis.mv(w);
+    w = w.addmv(basis.t(), h, /*beta=*/1, /*alpha=*/-1);
+    const torch::Tensor h2 = basis.mv(w);
+    w = w.addmv(basis.t(), h2, 1, -1);
+    return h + h2;
+  }
+
+  void ensure_capacity(std::int64_t rows) {
+    const std::int64_t have = v_.defined() ? v_.size(0) : 0;
+    if (have >= rows) return;
+    // Grow geometrically so that copies stay amortised O(1) per vector; never beyond the cap.
+    const std::int64_t cap =
+        std::min<std::int64_t>(max_steps_ + 1, std::max<std::int64_t>(rows, 2 * have + 8));
+    torch::Tensor grown = torch::empty({cap, n_}, to_);
+    if (have > 0) grown.narrow(0, 0, have).copy_(v_);
+    v_ = grown;
+  }
+
+  const TensorOperator& op_;
+  std::int64_t n_;
+  std::int64_t max_steps_;
+  torch::TensorOptions to_;
+  std::int64_t steps_ = 0;
+  std::int64_t matvecs_ = 0;
+  double anorm_ = 0.0;
+  torch::Tensor v_;  // [capacity, n]: row j is v_j
+  Eigen::VectorXd alpha_, beta_;
+};
+
+}  // namespace
+
+EigenResult TorchEigenResult::to_eigen_result() const {
+  EigenResult r;
+  r.method = method;
+  r.status = status;
+  r.eigenvalues = eigenvalues;
+  r.residuals = residuals;
+  r.residual_estimates = residual_estimates;
+  r.iterations = iterations;
+  r.matvecs = matvecs;
+  if (eigenvectors.defined() && eigenvectors.numel() > 0) {
+    // Column-major n x c host copy: the row-major [c, n] transpose has exactly that memory layout.
+    const torch::Tensor t = eigenvectors.t().to(torch::kCPU, torch::kFloat64).contiguous();
+    r.eigenvectors = Eigen::Map<const Eigen::MatrixXd>(t.data_ptr<double>(), eigenvectors.size(0), eigenvectors.size(1));
+  } else {
+    r.eigenvectors.resize(0, eigenvalues.size());
+  }
+  return r;
+}
+
+TorchEigenResult torch_lanczos_eigs(const TensorOperator& op, std::int64_t n, const torch::Device& device,
+                                    const TorchLanczosOptions& opts) {
+  if (n <= 0) invalid("n must be positive, got " + str(n));
+  if (opts.k <= 0 || opts.k > n) invalid("k must be in [1, n] = [1, " + str(n) + "], got k = " + str(opts.k));
+  if (!(opts.tol > 0.0) || !std::isfinite(opts.tol)) invalid("tol must be positive and finite, got " + str(opts.tol));
+  const std::int64_t cap = std::min(opts.max_steps, n);
+  if (cap < opts.k) invalid("max_steps (" + str(opts.max_steps) + ") must be at least k (" + str(opts.k) + ")");
+  if (opts.check_every <= 0) invalid("check_every must be positive, got " + str(opts.check_every));
+  if (opts.dtype != torch::kFloat64 && opts.dtype != torch::kFloat32)
+    invalid("dtype must be float32 or float64, got " + str(opts.dtype));
+  if (!op) invalid("empty operator");
+
+  torch::NoGradGuard no_grad;  // the basis never needs a graph (an HVP builds its own inside the operator)
+  const torch::TensorOptions to = torch::TensorOptions().dtype(opts.dtype).device(device);
+  TorchEigenResult res;
+  Rng rng(opts.seed);
+  TorchLanczos proc(op, n, cap, to);
+  proc.start(proc.host_gaussian(rng));
+
+  RitzPairs rp;
+  std::int64_t tested_at = -1;
+  auto test = [&]() {
+    rp = select_ritz_pairs(proc.alpha(), proc.beta(), proc.beta_next(), opts.target, opts.k, opts.tol);
+    tested_at = proc.steps();
+    if (opts.progress) {
+      double worst = 0.0;
+      for (Eigen::Index i = 0; i < rp.values.size(); ++i)
+        worst = std::max(worst, rp.bounds(i) / std::max(std::abs(rp.values(i)), std::numeric_limits<double>::min()));
+      opts.progress(Progress{"torch_lanczos", proc.steps(), proc.matvecs(), worst});
+    }
+    return rp.converged;
+  };
+
+  while (true) {
+    const auto st = proc.step();
+    if (st == TorchLanczos::Step::NonFinite) {
+      res.status = SolverStatus::NumericalIssue;
+      break;
+    }
+    const std::int64_t m = proc.steps();
+    if (st == TorchLanczos::Step::Breakdown) {
+      if (proc.restart(rng)) continue;
+      res.status = test() ? SolverStatus::Converged : SolverStatus::NotConverged;
+      break;
+    }
+    const bool at_cap = m >= cap;
+    if (m >= opts.k && (m % opts.check_every == 0 || at_cap) && test()) {
+      res.status = SolverStatus::Converged;
+      break;
+    }
+    if (at_cap) {
+      if (tested_at != m) test();
+      res.status = rp.converged ? SolverStatus::Converged : SolverStatus::NotConverged;
+      break;
+    }
+  }
+  res.iterations = proc.steps();
+  res.matvecs = proc.matvecs();
+  if (res.status == SolverStatus::NumericalIssue) return res;  // no numbers without meaning
+
+  res.eigenvalues = rp.values;
+  res.residual_estimates = rp.bounds;
+  torch::Tensor vecs = proc.combine(rp.coefficients);  // [n, c]
+  vecs = vecs / vecs.norm(2, {0}, /*keepdim=*/true);
+  res.residuals.resize(vecs.size(1));
+  for (std::int64_t i = 0; i < vecs.size(1); ++i) {
+    const torch::Tensor v = vecs.select(1, i).contiguous();
+    const torch::Tensor av = proc.apply(v);
+    const double r = (av - res.eigenvalues(i) * v).norm().item<double>();
+    if (!std::isfinite(r)) res.status = SolverStatus::NumericalIssue;
+    res.residuals(i) = r;
+  }
+  res.eigenvectors = vecs.contiguous();
+  res.matvecs = proc.matvecs();
+  return res;
+}
+
+TorchEigenResult torch_lanczos_eigs(const HessianOperator& op, const TorchLanczosOptions& opts) {
+  const torch::Device device = op.options().device();
+  const TensorOperator f = [&op](const torch::Tensor& x) { return op.hvp(x); };
+  return torch_lanczos_eigs(f, op.size(), device, opts);
+}
+
+}  // namespace moescope
