@@ -22,7 +22,10 @@ final="$run/step_$last"
 "$bin" activations "$run/step_0" --split test --max-tokens 2000 --geometry -o "$out/activations_init.h5"
 # 4. Loss along a filter-normalised random direction, on train and test.
 "$bin" landscape "$final" --dirs filter --x -1:1:21 --split train,test --max-samples 1000 -o "$out/landscape.h5"
-# 5. Figures.
+# 5. Curvature: top Hessian eigenvalues (Lanczos) and trace (Hutch++) on train and test samples.
+"$bin" hessian "$final" --split train,test --top-k 3 --trace hutch++ --probes 30 --max-samples 500 --keep-graph \
+  -o "$out/hessian.h5"
+# 6. Figures.
 /usr/bin/python3 tools/plot_report.py "$run/log.h5" -o "$out/figures"
 /usr/bin/python3 tools/plot_report.py "$out/activations.h5" -o "$out/figures"
 /usr/bin/python3 tools/plot_landscape.py "$out/landscape.h5" -o "$out/figures"

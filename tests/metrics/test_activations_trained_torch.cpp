@@ -2,6 +2,8 @@
 // makes the experts' outputs on the same tokens less alike than at initialisation.
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/train/trainer.hpp"
 #include "support/fixtures.hpp"
@@ -9,11 +11,14 @@
 using namespace moescope;
 
 // Gated head (every expert sees every token, so the comparison is not confounded by routing), 4 experts for 4
-// clusters. Measured: activation MSO 0.097 at initialisation, 0.066 after training (mean overlap 0.050 -> 0.031).
-// The assertion is the direction of the change, with the trained run also required to have learned something
-// (test accuracy well above the 0.1 of chance over 10 classes), not a fixed number. A top-2 sparse head on the
-// same task moves the other way (0.05 -> 0.29 mean overlap): specialisation through routing does not imply
-// dissimilar outputs on tokens an expert never sees, which is why the statement is made for the gated head.
+// clusters, 600 AdamW steps (test accuracy 0.65 over 10 classes, chance 0.1). Measured here: activation MSO (mean
+// squared cosine of two experts' outputs on the same token, the statistic the geometry papers use) 0.130 at
+// initialisation, 0.092 trained. The assertion is the direction of that change, not a fixed number. The mean
+// signed cosine moves the other way (0.016 -> 0.135): at initialisation the cosines scatter around 0 with a large
+// spread, after training they are fewer in magnitude but biased positive, so "lower overlap" holds for MSO and not
+// for the signed mean; both are printed. In another setup (16-d, 15 epochs, no backbone) a helper measured both
+// falling for the gated head and both rising for a top-2 sparse head: the statement is made for MSO and the gated
+// head only.
 TEST(ActivationsTrained, GatedExpertsDivergeOnTheClusteredTask) {
   moescope::testing::TempDir dir;
   RunConfig c;
@@ -47,5 +52,7 @@ TEST(ActivationsTrained, GatedExpertsDivergeOnTheClusteredTask) {
   ASSERT_EQ(a1.layers.size(), 1u);
   EXPECT_LT(a1.layers[0].overlap.mso, a0.layers[0].overlap.mso)
       << "init " << a0.layers[0].overlap.mso << " trained " << a1.layers[0].overlap.mso;
-  EXPECT_LT(a1.layers[0].overlap.mean_overlap, a0.layers[0].overlap.mean_overlap);
+  std::cout << "activation MSO init " << a0.layers[0].overlap.mso << " trained " << a1.layers[0].overlap.mso
+            << "; mean overlap init " << a0.layers[0].overlap.mean_overlap << " trained "
+            << a1.layers[0].overlap.mean_overlap << "\n";
 }
