@@ -104,7 +104,7 @@ void from_json(const nlohmann::json& j, RunConfig& c) {
 RunConfig default_run_config() {
   RunConfig c;
   c.name = "fmnist-sparse";
-  c.model = {{"type", "classifier"}, {"backbone", "cnn"}, {"backbone_widths", {16, 32}},
+  c.model = {{"type", "classifier"}, {"backbone", "cnn"}, {"backbone_widths", {32, 64, 128}},
              {"head", "sparse"},     {"head_hidden", 64}, {"experts", 8},
              {"top_k", 2}};
   c.data.name = "fashion-mnist";
