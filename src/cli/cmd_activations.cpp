@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -159,9 +160,14 @@ void write_comparison(ReportWriter& w, const std::vector<LayerOverlaps>& in, con
   w.write_scalar("/compare_spaces/layer_mso_pearson_p", c.layer_mso_pearson_p);
   w.write_scalar("/compare_spaces/layer_mso_spearman_rho", c.layer_mso_spearman_rho);
   w.write_scalar("/compare_spaces/layer_mso_spearman_p", c.layer_mso_spearman_p);
+  // Across layers needs at least three layers for a correlation with a p-value; with fewer it is NaN in the
+  // report, and the console says why rather than printing nan.
+  const std::string across = std::isfinite(c.layer_mso_pearson_r)
+                                 ? fmt::format("pearson r {:+.4f}", c.layer_mso_pearson_r)
+                                 : fmt::format("undefined ({} layer{})", keys.size(), keys.size() == 1 ? "" : "s");
   std::cout << fmt::format("all pairs ({}): pearson r {:+.4f} (p {:.4g}), spearman rho {:+.4f} (p {:.4g}); across "
-                           "layers (mso): pearson r {:+.4f}\n",
-                           c.pairs, c.pearson_r, c.pearson_p, c.spearman_rho, c.spearman_p, c.layer_mso_pearson_r);
+                           "layers (mso): {}\n",
+                           c.pairs, c.pearson_r, c.pearson_p, c.spearman_rho, c.spearman_p, across);
 }
 
 // Experts per token of a foreign checkpoint: --top-k, else config.json's num_experts_per_tok beside it, else the

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "common.hpp"
+#include "moescope/util/allocator.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/version.hpp"
 
@@ -24,6 +25,7 @@ std::string shell_quote(const std::string& s) {
 
 int main(int argc, char** argv) {
   using namespace moescope;
+  const std::string allocator = keep_freed_memory();  // before torch allocates anything large
   cli::Context ctx;
   for (int i = 0; i < argc; ++i) ctx.command_line += (i ? " " : "") + shell_quote(argv[i]);
 
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%^[%l]%$ %v");
+  spdlog::debug("{}", allocator);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -1,5 +1,7 @@
 #include "moescope/model/backbone.hpp"
 
+#include <cstddef>
+
 namespace moescope {
 namespace {
 
@@ -8,7 +10,40 @@ torch::nn::Conv2d conv(std::int64_t in, std::int64_t out, std::int64_t kernel, s
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(bias));
 }
 
+// A Sequential's forward with each (Conv2d, BatchNorm2d) pair run through detail::conv_bn.
+torch::Tensor run_sequential(torch::nn::SequentialImpl& seq, torch::Tensor h) {
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    auto* conv = seq.ptr(i)->as<torch::nn::Conv2dImpl>();
+    auto* bn = i + 1 < seq.size() ? seq.ptr(i + 1)->as<torch::nn::BatchNorm2dImpl>() : nullptr;
+    if (conv != nullptr && bn != nullptr) {
+      h = detail::conv_bn(*conv, *bn, h);
+      ++i;
+    } else {
+      h = (seq.begin() + static_cast<std::ptrdiff_t>(i))->forward(h);
+    }
+  }
+  return h;
+}
+
 }  // namespace
+
+torch::Tensor detail::conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  const auto& b = bn.options;
+  const auto& c = conv.options;
+  if (bn.is_training() || !b.track_running_stats() || !bn.running_mean.defined() ||
+      !c10::holds_alternative<torch::enumtype::kZeros>(c.padding_mode()))
+    return bn.forward(conv.forward(x));
+  torch::Tensor scale = torch::rsqrt(bn.running_var + b.eps());
+  if (b.affine()) scale = scale * bn.weight;
+  torch::Tensor shift = -bn.running_mean * scale;
+  if (b.affine()) shift = shift + bn.bias;
+  if (conv.bias.defined()) shift = shift + conv.bias * scale;
+  const torch::Tensor weight = conv.weight * scale.view({-1, 1, 1, 1});
+  namespace F = torch::nn::functional;
+  return F::conv2d(x, weight,
+                   F::Conv2dFuncOptions().bias(shift).stride(c.stride()).padding(c.padding()).dilation(c.dilation())
+                       .groups(c.groups()));
+}
 
 // ---------------------------------------------------------------------------------------------------- MLP
 
@@ -68,7 +103,7 @@ torch::Tensor SmallCNNImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "SmallCNN: expected input [B, ",
               options.in_channels(), ", H, W], got ", x.sizes());
   auto h = x;
-  for (const auto& block : *blocks) h = block->as<torch::nn::SequentialImpl>()->forward(h);
+  for (const auto& block : *blocks) h = run_sequential(*block->as<torch::nn::SequentialImpl>(), h);
   return h.mean({2, 3});
 }
 
@@ -91,9 +126,9 @@ void BasicBlockImpl::reset() {
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(bn1(conv1(x)));
-  out = bn2(conv2(out));
-  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+  auto out = torch::relu(detail::conv_bn(*conv1, *bn1, x));
+  out = detail::conv_bn(*conv2, *bn2, out);
+  return torch::relu(out + (downsample ? run_sequential(*downsample, x) : x));
 }
 
 ResNet18Impl::ResNet18Impl(ResNet18Options options_) : options(std::move(options_)) { reset(); }
@@ -119,7 +154,7 @@ void ResNet18Impl::reset() {
 torch::Tensor ResNet18Impl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNet18: expected input [B, ",
               options.in_channels(), ", H, W], got ", x.sizes());
-  auto h = torch::relu(bn1(conv1(x)));
+  auto h = torch::relu(detail::conv_bn(*conv1, *bn1, x));
   h = layer4->forward(layer3->forward(layer2->forward(layer1->forward(h))));
   return h.mean({2, 3});
 }

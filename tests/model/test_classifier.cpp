@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -196,6 +197,64 @@ TEST_F(ClassifierTest, CloneCopiesWeights) {
   EXPECT_LT(max_abs_diff(model(x), copy->forward(x)), 1e-7);
   ASSERT_NE(copy->moe_head(), nullptr);
   EXPECT_NE(copy->moe_head(), model->moe_head());
+}
+
+}  // namespace
+}  // namespace moescope
+
+namespace moescope {
+namespace {
+
+class BatchNormTest : public testing::SeededTest {};
+
+// The eval-mode conv + batch norm the backbones use (batch norm folded into the convolution) is the modules' own
+// function: same values, same first derivatives (input, conv weight and bias, bn weight and bias) and same second
+// derivatives (a Hessian-vector product through the double backward), with running statistics and affine
+// parameters away from their initial 0/1, a strided padded convolution with a bias. Tolerance: float64 throughout,
+// so only the order of the roundings differs (1e-12 relative).
+TEST_F(BatchNormTest, EvalModeFoldedConvBatchNormMatchesTheModules) {
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(2, 3, 3).stride(2).padding(1).bias(true));
+  torch::nn::BatchNorm2d bn(torch::nn::BatchNorm2dOptions(3).eps(1e-3));
+  conv->to(torch::kFloat64);
+  bn->to(torch::kFloat64);
+  {
+    torch::NoGradGuard no_grad;
+    bn->running_mean.copy_(torch::tensor({0.5, -1.0, 2.0}, torch::kFloat64));
+    bn->running_var.copy_(torch::tensor({0.25, 4.0, 1.5}, torch::kFloat64));
+    bn->weight.copy_(torch::tensor({1.5, -0.5, 0.75}, torch::kFloat64));
+    bn->bias.copy_(torch::tensor({0.1, 0.2, -0.3}, torch::kFloat64));
+  }
+  conv->eval();
+  bn->eval();
+  const torch::Tensor x0 = torch::randn({4, 2, 7, 7}, torch::kFloat64);
+  const torch::Tensor w = torch::randn({4, 3, 4, 4}, torch::kFloat64);  // a fixed readout; tanh: not linear
+  const auto loss = [&](const torch::Tensor& y) { return (torch::tanh(y) * w).sum(); };
+  const std::vector<torch::Tensor> wrt = {conv->weight, conv->bias, bn->weight, bn->bias};
+
+  std::vector<torch::Tensor> results[2];
+  for (int variant = 0; variant < 2; ++variant) {
+    const torch::Tensor x = x0.clone().requires_grad_(true);
+    const torch::Tensor y = variant == 0 ? bn->forward(conv->forward(x)) : detail::conv_bn(*conv, *bn, x);
+    std::vector<torch::Tensor> inputs = wrt;
+    inputs.push_back(x);
+    const auto g = torch::autograd::grad({loss(y)}, inputs, {}, true, true);
+    // H v for v = (1, ..., 1) on every input in one product.
+    torch::Tensor gv = torch::zeros({}, torch::kFloat64);
+    for (const auto& gi : g) gv = gv + gi.sum();
+    const auto hv = torch::autograd::grad({gv}, inputs);
+    results[variant] = {y.detach()};
+    for (const auto& gi : g) results[variant].push_back(gi.detach());
+    for (const auto& hi : hv) results[variant].push_back(hi);
+  }
+  ASSERT_EQ(results[0].size(), 11u);
+  for (std::size_t i = 0; i < results[0].size(); ++i) {
+    const double scale = std::max(1.0, results[0][i].abs().max().item<double>());
+    EXPECT_LT(max_abs_diff(results[0][i], results[1][i]), 1e-12 * scale) << "result " << i;
+  }
+  // In training mode the modules' own forwards run (batch statistics: per-channel mean equals the bn bias).
+  bn->train();
+  const torch::Tensor yt = detail::conv_bn(*conv, *bn, x0);
+  EXPECT_LT(yt.mean({0, 2, 3}).sub(bn->bias).abs().max().item<double>(), 1e-12);
 }
 
 }  // namespace

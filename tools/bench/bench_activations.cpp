@@ -19,6 +19,7 @@
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/model/classifier.hpp"
 #include "moescope/train/task.hpp"
+#include "moescope/util/allocator.hpp"
 
 using Clock = std::chrono::steady_clock;
 
@@ -61,6 +62,7 @@ void bench(const char* name, const nlohmann::json& config, const moescope::Tenso
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::printf("allocator: %s\n", moescope::keep_freed_memory().c_str());
   std::int64_t samples = 1024, batch = 256;
   int threads = 0, repeats = 3;
   bool mlp_only = false;

@@ -1,6 +1,8 @@
-// Benchmark (not a test): the curvature module on a default-sized model, the vision study's gated-MoE head
-// (8 experts 512-64-ReLU-10 and a softmax router) on a 784-512 MLP backbone over Fashion-MNIST, briefly trained,
-// with the Hessian over --max-samples evaluation samples (1000, as the vision study). Prints, from one run:
+// Benchmark (not a test): the curvature module on a trained model with the Hessian over --max-samples evaluation
+// samples (1000, as the vision study). The model is the run that `--run PATH` names (the main job's default run:
+// out/demo/runs/fmnist-sparse, a CNN with a top-2-of-8 head), or, without --run, the vision study's gated-MoE head
+// (8 experts 512-64-ReLU-10 and a softmax router) on a 784-512 MLP backbone, trained here for --train-steps
+// steps on Fashion-MNIST. Prints, from one run:
 //   1. HVP time / gradient time: a fresh double backward per product, and with each batch's first-order graph
 //      kept (the first product pays for the graphs), amortised over the Lanczos run of 2 (target <= 2.0);
 //   2. HVPs Lanczos needs for the top eigenvalue at 1e-4 relative residual vs HVPs of power iteration at
@@ -8,8 +10,8 @@
 //   3. Hutch++ and XTrace error vs Hutchinson at the same budget, over seeds, on the router block's Hessian
 //      (small enough for its exact trace from one HVP per coordinate).
 //
-// Usage: bench_hvp [--data DIR] [--max-samples 1000] [--batch-size 250] [--train-steps 300] [--budget 60]
-//                  [--trials 20] [--threads N] [--device cpu|cuda]
+// Usage: bench_hvp [--run PATH] [--data DIR] [--max-samples 1000] [--batch-size 250] [--train-steps 300] [--budget 60]
+//                  [--trials 20] [--threads N (all cores)] [--device cpu|cuda]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -20,6 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "moescope/curvature/eigen.hpp"
@@ -29,6 +33,7 @@
 #include "moescope/curvature/trace.hpp"
 #include "moescope/data/image.hpp"
 #include "moescope/train/task.hpp"
+#include "moescope/util/allocator.hpp"
 
 using Clock = std::chrono::steady_clock;
 using namespace moescope;
@@ -38,6 +43,7 @@ namespace {
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 struct Args {
+  std::string run;
   std::string data = kFashionMnistDir;
   std::int64_t max_samples = 1000;
   std::int64_t batch_size = 250;
@@ -59,7 +65,8 @@ Args parse(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (f == "--data") a.data = next();
+    if (f == "--run") a.run = next();
+    else if (f == "--data") a.data = next();
     else if (f == "--max-samples") a.max_samples = std::stoll(next());
     else if (f == "--batch-size") a.batch_size = std::stoll(next());
     else if (f == "--train-steps") a.train_steps = std::stoll(next());
@@ -83,8 +90,9 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::printf("allocator: %s\n", keep_freed_memory().c_str());
   const Args a = parse(argc, argv);
-  if (a.threads > 0) at::set_num_threads(a.threads);
+  at::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   if (a.device == "cuda" && !torch::cuda::is_available()) {
     std::fprintf(stderr, "bench_hvp: --device cuda: CUDA is not available\n");
     return 2;
@@ -92,38 +100,53 @@ int main(int argc, char** argv) {
   const torch::Device device(a.device == "cuda" ? torch::kCUDA : torch::kCPU);
   torch::manual_seed(0);
 
-  DataSpec spec;
-  spec.name = "fashion-mnist";
-  spec.path = a.data;
-  TaskData data = load_task_data(spec);
-  const nlohmann::json model_cfg{{"type", "classifier"}, {"backbone", "mlp"},   {"in_channels", 1},
-                                 {"image_size", 28},     {"num_classes", 10},   {"backbone_widths", {512}},
-                                 {"head", "gated"},      {"experts", 8},        {"head_hidden", 64},
-                                 {"dropout", 0.0}};
-  const TaskModel model = TaskModel::create(model_cfg);
-  model.to(device);
-
-  // A short training run, so that the Hessian is that of a model near a (local) fit, not of random weights.
-  {
-    model.module().train();
-    torch::optim::Adam opt(model.module().parameters(), torch::optim::AdamOptions(1e-3));
-    const std::int64_t n = data.train.size(), bs = 128;
+  // The model: a trained run as it was saved, or the gated head trained briefly here, so that the Hessian is that
+  // of a model near a (local) fit, not of random weights.
+  auto make = [&]() -> std::pair<TaskModel, TaskData> {
+    if (!a.run.empty()) {
+      LoadedRun lr = load_run(a.run);
+      TaskData d = load_task_data(lr.data);
+      std::printf("model: run %s (step %lld): %s\n", lr.directory.c_str(), static_cast<long long>(lr.step),
+                  lr.config["model"].dump().c_str());
+      return {lr.model, std::move(d)};
+    }
+    DataSpec spec;
+    spec.name = "fashion-mnist";
+    spec.path = a.data;
+    TaskData d = load_task_data(spec);
+    const nlohmann::json model_cfg{{"type", "classifier"}, {"backbone", "mlp"},   {"in_channels", 1},
+                                   {"image_size", 28},     {"num_classes", 10},   {"backbone_widths", {512}},
+                                   {"head", "gated"},      {"experts", 8},        {"head_hidden", 64},
+                                   {"dropout", 0.0}};
+    TaskModel m = TaskModel::create(model_cfg);
+    m.to(device);
+    m.module().train();
+    torch::optim::Adam opt(m.module().parameters(), torch::optim::AdamOptions(1e-3));
+    const std::int64_t n = d.train.size(), bs = 128;
     const auto t0 = Clock::now();
     double last = 0;
     for (std::int64_t s = 0; s < a.train_steps; ++s) {
       const std::int64_t lo = (s * bs) % (n - bs);
       const BatchResult r =
-          model.batch_loss(data.train.inputs.slice(0, lo, lo + bs).to(device), data.train.targets.slice(0, lo, lo + bs).to(device));
+          m.batch_loss(d.train.inputs.slice(0, lo, lo + bs).to(device), d.train.targets.slice(0, lo, lo + bs).to(device));
       opt.zero_grad();
       r.loss.backward();
       opt.step();
       last = r.loss.item<double>();
     }
-    model.module().eval();
-    const EvalResult ev = evaluate(model, data.test.head(2000));
     std::printf("model: %s\n", model_cfg.dump().c_str());
-    std::printf("trained %lld steps in %.1f s: last batch loss %.4f, test accuracy %.4f (2000 samples)\n",
-                static_cast<long long>(a.train_steps), seconds_since(t0), last, ev.accuracy);
+    std::printf("trained %lld steps in %.1f s: last batch loss %.4f\n", static_cast<long long>(a.train_steps),
+                seconds_since(t0), last);
+    return {m, std::move(d)};
+  };
+  auto made = make();  // (not a structured binding: C++17 lambdas below cannot capture one)
+  TaskModel model = made.first;
+  TaskData data = std::move(made.second);
+  model.to(device);
+  model.module().eval();
+  {
+    const EvalResult ev = evaluate(model, data.test.head(2000));
+    std::printf("test accuracy %.4f (2000 samples)\n", ev.accuracy);
   }
 
   const TensorSplit eval = data.train.head(a.max_samples);

@@ -21,6 +21,7 @@
 
 #include "moescope/model/moe.hpp"
 #include "moescope/train/optim.hpp"
+#include "moescope/util/allocator.hpp"
 
 using Clock = std::chrono::steady_clock;
 using namespace moescope;
@@ -52,6 +53,7 @@ double median_seconds(int reps, F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::printf("allocator: %s\n", keep_freed_memory().c_str());
   std::int64_t batch = 128, batches = 32;
   int reps = 20, threads = 1;
   double alpha = 1e-3;

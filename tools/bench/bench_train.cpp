@@ -14,6 +14,7 @@
 
 #include "moescope/data/image.hpp"
 #include "moescope/train/trainer.hpp"
+#include "moescope/util/allocator.hpp"
 
 namespace fs = std::filesystem;
 using namespace moescope;
@@ -47,6 +48,7 @@ void print(const char* label, const TrainResult& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::printf("allocator: %s\n", keep_freed_memory().c_str());
   std::int64_t steps = 100;
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   std::string data_name = fs::exists(std::string(kFashionMnistDir)) ? "fashion-mnist" : "clustered";

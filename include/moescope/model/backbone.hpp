@@ -10,6 +10,16 @@
 
 namespace moescope {
 
+namespace detail {
+/// A convolution followed by batch norm, as the backbones apply the pair. In training mode (or without running
+/// statistics) this is the two modules' own forwards. In eval mode batch norm is a per-channel affine map, folded
+/// into the convolution: conv(x, W * s) + (beta - mean * s [+ b * s]), s = gamma / sqrt(var + eps). The same
+/// function (to float rounding), with the same parameters; its double backward (every Hessian-vector product
+/// through a CNN) has no elementwise pass over the activations for batch norm, where native batch norm's eval-mode
+/// double backward runs the training-mode formula over the whole activation tensor.
+torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+}  // namespace detail
+
 /// Flatten -> (Linear -> activation -> dropout?) per hidden width. Parameters layers.<i>.weight.
 struct MLPBackboneOptions {
   MLPBackboneOptions(std::int64_t input_dim, std::vector<std::int64_t> hidden)

@@ -1,0 +1,22 @@
+#include "moescope/util/allocator.hpp"
+
+#include <cstdlib>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace moescope {
+
+std::string keep_freed_memory() {
+#if defined(__GLIBC__)
+  for (const char* v : {"MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"})
+    if (std::getenv(v) != nullptr) return std::string("glibc malloc as the environment sets it (") + v + ")";
+  const bool ok = mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+  return ok ? "glibc malloc keeps freed memory (M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB)" : "glibc malloc: mallopt refused";
+#else
+  return "system allocator unchanged (not glibc)";
+#endif
+}
+
+}  // namespace moescope
