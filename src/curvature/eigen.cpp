@@ -203,44 +203,7 @@ EigenResult lanczos_eigs(const LinearOperator& op, const LanczosOptions& opts) {
   detail::LanczosProcess proc(op, cap);
   proc.start(v0);
 
-  RitzPairs rp;
-  std::int64_t tested_at = -1;
-  auto test = [&]() {
-    rp = select_ritz_pairs(proc.alpha(), proc.beta(), proc.beta_next(), opts.target, opts.k, opts.tol);
-    tested_at = proc.steps();
-    if (opts.progress) {
-      double worst = 0.0;
-      for (Eigen::Index i = 0; i < rp.values.size(); ++i)
-        worst = std::max(worst, rp.bounds(i) / std::max(std::abs(rp.values(i)), std::numeric_limits<double>::min()));
-      opts.progress(Progress{"lanczos", proc.steps(), proc.steps(), worst});
-    }
-    return rp.converged;
-  };
-
-  while (true) {
-    const auto st = proc.step();
-    if (st == detail::LanczosProcess::Step::NonFinite) {
-      res.status = SolverStatus::NumericalIssue;
-      break;
-    }
-    const std::int64_t m = proc.steps();
-    if (st == detail::LanczosProcess::Step::Breakdown) {
-      // Invariant subspace: go on from a fresh direction unless the space or the budget is exhausted.
-      if (proc.restart(rng)) continue;
-      res.status = test() ? SolverStatus::Converged : SolverStatus::NotConverged;
-      break;
-    }
-    const bool at_cap = m >= cap;
-    if (m >= opts.k && (m % opts.check_every == 0 || at_cap) && test()) {
-      res.status = SolverStatus::Converged;
-      break;
-    }
-    if (at_cap) {
-      if (tested_at != m) test();
-      res.status = rp.converged ? SolverStatus::Converged : SolverStatus::NotConverged;
-      break;
-    }
-  }
+  const RitzPairs rp = detail::run_lanczos(proc, rng, opts, cap, "lanczos", res.status);
   res.iterations = proc.steps();
   res.matvecs = proc.matvecs();
   if (res.status == SolverStatus::NumericalIssue) return res;  // no numbers without meaning

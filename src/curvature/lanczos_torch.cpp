@@ -193,43 +193,7 @@ TorchEigenResult torch_lanczos_eigs(const TensorOperator& op, std::int64_t n, co
   TorchLanczos proc(op, n, cap, to);
   proc.start(proc.host_gaussian(rng));
 
-  RitzPairs rp;
-  std::int64_t tested_at = -1;
-  auto test = [&]() {
-    rp = select_ritz_pairs(proc.alpha(), proc.beta(), proc.beta_next(), opts.target, opts.k, opts.tol);
-    tested_at = proc.steps();
-    if (opts.progress) {
-      double worst = 0.0;
-      for (Eigen::Index i = 0; i < rp.values.size(); ++i)
-        worst = std::max(worst, rp.bounds(i) / std::max(std::abs(rp.values(i)), std::numeric_limits<double>::min()));
-      opts.progress(Progress{"torch_lanczos", proc.steps(), proc.matvecs(), worst});
-    }
-    return rp.converged;
-  };
-
-  while (true) {
-    const auto st = proc.step();
-    if (st == TorchLanczos::Step::NonFinite) {
-      res.status = SolverStatus::NumericalIssue;
-      break;
-    }
-    const std::int64_t m = proc.steps();
-    if (st == TorchLanczos::Step::Breakdown) {
-      if (proc.restart(rng)) continue;
-      res.status = test() ? SolverStatus::Converged : SolverStatus::NotConverged;
-      break;
-    }
-    const bool at_cap = m >= cap;
-    if (m >= opts.k && (m % opts.check_every == 0 || at_cap) && test()) {
-      res.status = SolverStatus::Converged;
-      break;
-    }
-    if (at_cap) {
-      if (tested_at != m) test();
-      res.status = rp.converged ? SolverStatus::Converged : SolverStatus::NotConverged;
-      break;
-    }
-  }
+  const RitzPairs rp = detail::run_lanczos(proc, rng, opts, cap, "torch_lanczos", res.status);
   res.iterations = proc.steps();
   res.matvecs = proc.matvecs();
   if (res.status == SolverStatus::NumericalIssue) return res;  // no numbers without meaning

@@ -3,7 +3,10 @@
 // an own Lanczos with full reorthogonalisation (the algorithm a device-resident variant mirrors), and
 // PyHessian-style power iteration with deflation (for comparison with published numbers).
 // Every result carries the true residual ||A v - lambda v|| of each pair, measured by one extra matvec.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include <Eigen/Dense>
@@ -108,5 +111,54 @@ struct RitzPairs {
 /// Throws std::invalid_argument if the sizes do not match, k <= 0 or tol <= 0.
 RitzPairs select_ritz_pairs(const Eigen::VectorXd& alpha, const Eigen::VectorXd& beta, double beta_next,
                             EigenTarget target, std::int64_t k, double tol);
+
+namespace detail {
+/// The stopping rule every Lanczos variant shares. Steps `proc` (anything with step() -> Process::Step::{..,
+/// Breakdown, NonFinite}, restart(rng), steps(), matvecs(), alpha(), beta(), beta_next()) until the wanted Ritz
+/// pairs meet opts.tol (tested every opts.check_every steps once there are opts.k, and at the cap), the step cap
+/// is reached, or an invariant subspace cannot be left by a restart. Sets `status`; returns the last tested pairs
+/// (meaningless when status is NumericalIssue). opts: k, tol, target, check_every, progress.
+template <class Process, class Random, class Options>
+RitzPairs run_lanczos(Process& proc, Random& rng, const Options& opts, std::int64_t cap, const char* stage,
+                      SolverStatus& status) {
+  RitzPairs rp;
+  std::int64_t tested_at = -1;
+  auto test = [&]() {
+    rp = select_ritz_pairs(proc.alpha(), proc.beta(), proc.beta_next(), opts.target, opts.k, opts.tol);
+    tested_at = proc.steps();
+    if (opts.progress) {
+      double worst = 0.0;
+      for (Eigen::Index i = 0; i < rp.values.size(); ++i)
+        worst = std::max(worst, rp.bounds(i) / std::max(std::abs(rp.values(i)), std::numeric_limits<double>::min()));
+      opts.progress(Progress{stage, proc.steps(), proc.matvecs(), worst});
+    }
+    return rp.converged;
+  };
+  while (true) {
+    const auto st = proc.step();
+    if (st == Process::Step::NonFinite) {
+      status = SolverStatus::NumericalIssue;
+      return rp;
+    }
+    const std::int64_t m = proc.steps();
+    if (st == Process::Step::Breakdown) {
+      // Invariant subspace: go on from a fresh direction unless the space or the budget is exhausted.
+      if (proc.restart(rng)) continue;
+      status = test() ? SolverStatus::Converged : SolverStatus::NotConverged;
+      return rp;
+    }
+    const bool at_cap = m >= cap;
+    if (m >= opts.k && (m % opts.check_every == 0 || at_cap) && test()) {
+      status = SolverStatus::Converged;
+      return rp;
+    }
+    if (at_cap) {
+      if (tested_at != m) test();
+      status = rp.converged ? SolverStatus::Converged : SolverStatus::NotConverged;
+      return rp;
+    }
+  }
+}
+}  // namespace detail
 
 }  // namespace moescope
