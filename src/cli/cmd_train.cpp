@@ -18,6 +18,7 @@ namespace {
 /// A flag that overrides one key of the run config (a JSON pointer such as /train/optim/lr).
 template <typename T>
 struct Override {
+  explicit Override(const char* p) : pointer(p) {}
   const char* pointer;
   std::optional<T> value;
 };

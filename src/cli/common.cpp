@@ -1,6 +1,7 @@
 #include "common.hpp"
 
 #include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <thread>
@@ -13,6 +14,7 @@ namespace moescope::cli {
 int apply_threads(const Context& ctx) {
   const int n = ctx.threads > 0 ? ctx.threads : std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
+  spdlog::debug("threads {}; {}", n, ctx.runtime);
   return n;
 }
 

@@ -14,9 +14,11 @@ struct Context {
   int threads = 0;           // 0 = all cores
   std::string log_level = "info";
   std::string hash = "auto";  // checkpoint hashing: auto, full, header, none
+  std::string runtime;        // what main set up (allocator, OpenMP wait policy), logged at debug level
 };
 
-/// Sets torch's intra-op threads (and the library's worker count) from ctx.threads; returns the count used.
+/// Sets torch's intra-op threads (and the library's worker count) from ctx.threads; returns the count used. Logs
+/// the count and ctx.runtime at debug level.
 int apply_threads(const Context& ctx);
 
 /// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).

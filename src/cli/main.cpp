@@ -3,11 +3,13 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
 #include <iostream>
+#include <string>
 
 #include "common.hpp"
-#include "moescope/util/allocator.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/runtime.hpp"
 #include "moescope/version.hpp"
 
 namespace {
@@ -23,10 +25,27 @@ std::string shell_quote(const std::string& s) {
 
 }  // namespace
 
+// The subcommands whose work is LibTorch's (training and model evaluation): they get passive OpenMP threads.
+bool runs_torch_work(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--threads" || a == "--log-level") {
+      ++i;  // its value
+      continue;
+    }
+    if (!a.empty() && a[0] == '-') continue;
+    return a == "train" || a == "hessian" || a == "landscape" || a == "activations";
+  }
+  return false;
+}
+
 int main(int argc, char** argv) {
   using namespace moescope;
-  const std::string allocator = keep_freed_memory();  // before torch allocates anything large
+  if (runs_torch_work(argc, argv)) reexec_with_passive_openmp(argv);
   cli::Context ctx;
+  ctx.runtime = keep_freed_memory();  // before torch allocates anything large
+  ctx.runtime += std::string("; OMP_WAIT_POLICY ") +
+                 (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset (libgomp's default)");
   for (int i = 0; i < argc; ++i) ctx.command_line += (i ? " " : "") + shell_quote(argv[i]);
 
   CLI::App app{"moescope: what the experts of a Mixture-of-Experts model have learned, and the loss landscape "
@@ -51,7 +70,6 @@ int main(int argc, char** argv) {
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%^[%l]%$ %v");
-  spdlog::debug("{}", allocator);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -19,7 +19,7 @@
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/model/classifier.hpp"
 #include "moescope/train/task.hpp"
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
 
@@ -62,6 +62,8 @@ void bench(const char* name, const nlohmann::json& config, const moescope::Tenso
 }  // namespace
 
 int main(int argc, char** argv) {
+  moescope::reexec_with_passive_openmp(argv);
+  std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", moescope::keep_freed_memory().c_str());
   std::int64_t samples = 1024, batch = 256;
   int threads = 0, repeats = 3;

@@ -33,7 +33,7 @@
 #include "moescope/curvature/trace.hpp"
 #include "moescope/data/image.hpp"
 #include "moescope/train/task.hpp"
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
 using namespace moescope;
@@ -90,6 +90,8 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  reexec_with_passive_openmp(argv);
+  std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", keep_freed_memory().c_str());
   const Args a = parse(argc, argv);
   at::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));

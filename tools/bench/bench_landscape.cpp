@@ -20,7 +20,7 @@
 #include "moescope/landscape/directions.hpp"
 #include "moescope/landscape/surface.hpp"
 #include "moescope/train/task.hpp"
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -39,6 +39,8 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moescope::reexec_with_passive_openmp(argv);
+  std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", moescope::keep_freed_memory().c_str());
   std::string data = fs::exists("/usr/share/datasets/fashion-mnist") ? "fashion-mnist" : "clustered";
   std::int64_t samples = 2000, grid = 5;

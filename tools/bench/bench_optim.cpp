@@ -21,7 +21,7 @@
 
 #include "moescope/model/moe.hpp"
 #include "moescope/train/optim.hpp"
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
 using namespace moescope;
@@ -53,6 +53,8 @@ double median_seconds(int reps, F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  reexec_with_passive_openmp(argv);
+  std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", keep_freed_memory().c_str());
   std::int64_t batch = 128, batches = 32;
   int reps = 20, threads = 1;

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -14,7 +15,7 @@
 
 #include "moescope/data/image.hpp"
 #include "moescope/train/trainer.hpp"
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 namespace fs = std::filesystem;
 using namespace moescope;
@@ -48,6 +49,8 @@ void print(const char* label, const TrainResult& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  reexec_with_passive_openmp(argv);
+  std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", keep_freed_memory().c_str());
   std::int64_t steps = 100;
   int threads = static_cast<int>(std::thread::hardware_concurrency());

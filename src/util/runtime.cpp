@@ -1,9 +1,12 @@
-#include "moescope/util/allocator.hpp"
+#include "moescope/util/runtime.hpp"
 
 #include <cstdlib>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
+#if defined(__linux__)
+#include <unistd.h>
 #endif
 
 namespace moescope {
@@ -16,6 +19,16 @@ std::string keep_freed_memory() {
   return ok ? "glibc malloc keeps freed memory (M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB)" : "glibc malloc: mallopt refused";
 #else
   return "system allocator unchanged (not glibc)";
+#endif
+}
+
+void reexec_with_passive_openmp(char** argv) {
+#if defined(__linux__)
+  if (argv == nullptr || argv[0] == nullptr || std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: go on as we are (children inherit the variable)
+#else
+  (void)argv;
 #endif
 }
 
