@@ -49,12 +49,6 @@ struct ActivationsArgs {
   std::vector<std::string> matrices;
 };
 
-std::vector<double> row_major(const Eigen::MatrixXd& m) {
-  std::vector<double> v(static_cast<std::size_t>(m.size()));
-  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), m.rows(), m.cols()) = m;
-  return v;
-}
-
 Eigen::MatrixXd read_square(const ReportReader& r, const std::string& path, const std::string& file) {
   std::vector<std::size_t> dims;
   const auto v = r.read(path, &dims);
@@ -94,22 +88,6 @@ void write_layer(ReportWriter& w, const LayerActivations& l, std::int64_t top_k,
   w.set_attr(base, "capacity", l.capacity);
   w.set_attr(base, "top_k", top_k);
   w.set_attr(base, "expert_function", kind);
-}
-
-void write_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix) {
-  const std::string base = "/geometry/" + g.key;
-  const auto E = static_cast<std::size_t>(g.experts);
-  w.write_scalar(base + "/mso", g.mso);
-  w.write(base + "/overlap", row_major(g.overlap), {E, E});
-  w.write(base + "/norms", g.norms, {E});
-  w.write_scalar(base + "/param_variance", g.param_variance);
-  w.write_scalar(base + "/param_variance_normalized", g.param_variance_normalized);
-  std::string roles;
-  for (const auto& r : g.roles) roles += (roles.empty() ? "" : ",") + r;
-  w.set_attr(base, "matrices", roles);
-  w.set_attr(base, "layer", std::int64_t{g.layer});
-  w.set_attr(base, "dim", g.dim);
-  w.set_attr(base, "prefix", prefix);
 }
 
 // /compare_spaces: per layer the pairs side by side and their correlations; pooled over layers; layer MSOs.
@@ -316,8 +294,7 @@ void run(const ActivationsArgs& a, const Context& ctx) {
     GeometryOptions go;
     go.roles = a.matrices;
     go.threads = threads;
-    w.create_group("/geometry");
-    w.set_attr("/geometry", "family", layout.family);
+    write_geometry_group(w, layout.family);
     std::vector<LayerOverlaps> cmp;
     for (const auto& l : res.layers) {
       const auto it = layout_of.find(l.key);
@@ -326,7 +303,7 @@ void run(const ActivationsArgs& a, const Context& ctx) {
         continue;
       }
       const LayerGeometry g = expert_geometry(*src, *it->second, go);
-      write_geometry(w, g, it->second->prefix);
+      write_layer_geometry(w, g, it->second->prefix);
       cmp.push_back({l.key, g.overlap, l.overlap.overlap, g.mso, l.overlap.mso});
     }
     if (!cmp.empty()) write_comparison(w, cmp, weights, "this report");

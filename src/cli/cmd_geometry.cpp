@@ -22,18 +22,6 @@ struct GeometryArgs {
   std::string expert_pattern;
 };
 
-std::vector<double> row_major(const Eigen::MatrixXd& m) {
-  std::vector<double> v(static_cast<std::size_t>(m.size()));
-  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), m.rows(), m.cols()) = m;
-  return v;
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
-  return s;
-}
-
 void run(const GeometryArgs& a, const Context& ctx) {
   const int threads = apply_threads(ctx);
   const auto src = open_checkpoint(a.checkpoint);
@@ -57,13 +45,7 @@ void run(const GeometryArgs& a, const Context& ctx) {
 
   ReportWriter report(a.output);
   report.write_provenance(make_provenance(ctx, a.checkpoint));
-  report.create_group("/geometry");
-  report.set_attr("/geometry", "family", layout.family);
-  report.set_attr("/geometry", "definition",
-                  std::string("v_e = chosen matrices of expert e flattened row-major and concatenated; u_e = v_e/|v_e|; "
-                              "overlap = <u_i,u_j>; mso = mean over i!=j of overlap^2 (arXiv:2601.00457); "
-                              "param_variance = mean over coordinates of the unbiased variance across experts "
-                              "(arXiv:2310.09762), also on u_e"));
+  write_geometry_group(report, layout.family);
 
   GeometryOptions go;
   go.roles = a.matrices;
@@ -73,20 +55,7 @@ void run(const GeometryArgs& a, const Context& ctx) {
   for (const MoELayerLayout* l : chosen) {
     spdlog::info("geometry: {} ({} experts)", l->key, l->experts.size());
     const LayerGeometry g = expert_geometry(*src, *l, go);
-    const std::string base = "/geometry/" + g.key;
-    const auto E = static_cast<std::size_t>(g.experts);
-    report.write_scalar(base + "/mso", g.mso);
-    report.write(base + "/overlap", row_major(g.overlap), {E, E});
-    report.write(base + "/gram", row_major(g.gram), {E, E});
-    report.write(base + "/norms", g.norms, {E});
-    report.write_scalar(base + "/param_variance", g.param_variance);
-    report.write_scalar(base + "/param_variance_normalized", g.param_variance_normalized);
-    report.write_scalar(base + "/mean_norm", g.mean_norm);
-    report.set_attr(base, "matrices", join(g.roles));
-    report.set_attr(base, "layer", std::int64_t{g.layer});
-    report.set_attr(base, "experts", std::int64_t{g.experts});
-    report.set_attr(base, "dim", g.dim);
-    report.set_attr(base, "prefix", l->prefix);
+    write_layer_geometry(report, g, l->prefix);
     std::cout << fmt::format("{:<18} {:>7} {:>12} {:>12.6g} {:>14.6g} {:>14.6g} {:>11.5g}\n", g.key, g.experts, g.dim,
                              g.mso, g.param_variance, g.param_variance_normalized, g.mean_norm);
   }

@@ -34,6 +34,41 @@ Provenance make_provenance(const Context& ctx, const std::string& checkpoint, st
   return p;
 }
 
+std::vector<double> row_major(const Eigen::MatrixXd& m) {
+  std::vector<double> v(static_cast<std::size_t>(m.size()));
+  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), m.rows(), m.cols()) = m;
+  return v;
+}
+
+void write_geometry_group(ReportWriter& w, const std::string& family) {
+  w.create_group("/geometry");
+  w.set_attr("/geometry", "family", family);
+  w.set_attr("/geometry", "definition",
+             std::string("v_e = chosen matrices of expert e flattened row-major and concatenated; u_e = v_e/|v_e|; "
+                         "overlap = <u_i,u_j>; mso = mean over i!=j of overlap^2 (arXiv:2601.00457); "
+                         "param_variance = mean over coordinates of the unbiased variance across experts "
+                         "(arXiv:2310.09762), also on u_e"));
+}
+
+void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix) {
+  const std::string base = "/geometry/" + g.key;
+  const auto E = static_cast<std::size_t>(g.experts);
+  w.write_scalar(base + "/mso", g.mso);
+  w.write(base + "/overlap", row_major(g.overlap), {E, E});
+  w.write(base + "/gram", row_major(g.gram), {E, E});
+  w.write(base + "/norms", g.norms, {E});
+  w.write_scalar(base + "/param_variance", g.param_variance);
+  w.write_scalar(base + "/param_variance_normalized", g.param_variance_normalized);
+  w.write_scalar(base + "/mean_norm", g.mean_norm);
+  std::string roles;
+  for (const auto& r : g.roles) roles += (roles.empty() ? "" : ",") + r;
+  w.set_attr(base, "matrices", roles);
+  w.set_attr(base, "layer", std::int64_t{g.layer});
+  w.set_attr(base, "experts", std::int64_t{g.experts});
+  w.set_attr(base, "dim", g.dim);
+  w.set_attr(base, "prefix", prefix);
+}
+
 std::vector<int> parse_index_list(const std::string& spec, const std::string& flag) {
   std::vector<int> out;
   std::size_t pos = 0;

@@ -4,7 +4,10 @@
 
 #include <string>
 
+#include <Eigen/Dense>
+
 #include "moescope/io/report.hpp"
+#include "moescope/metrics/geometry.hpp"
 
 namespace moescope::cli {
 
@@ -23,6 +26,15 @@ int apply_threads(const Context& ctx);
 
 /// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed = 0);
+
+/// A matrix's entries in row-major order (HDF5's order, h5py's m[i, j]).
+std::vector<double> row_major(const Eigen::MatrixXd& m);
+
+/// /geometry with its attributes (family, definition): the group `geometry` writes and `activations --geometry`
+/// adds to its report.
+void write_geometry_group(ReportWriter& w, const std::string& family);
+/// /geometry/<key>: one layer's expert geometry as `geometry` writes it; `prefix` is the layer's tensor prefix.
+void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix);
 
 /// Parses "0,3-5,7" into sorted unique indices; throws InputError naming the flag.
 std::vector<int> parse_index_list(const std::string& spec, const std::string& flag);

@@ -104,9 +104,21 @@ TEST(CliActivations, OwnRunReportMatchesLibraryAndComparesSpaces) {
   EXPECT_DOUBLE_EQ(c.read_scalar("/compare_spaces/pearson_r"), rep.read_scalar("/compare_spaces/pearson_r"));
   EXPECT_EQ(c.read("/compare_spaces/" + layers[0] + "/weight_overlap").size(), 6u);
 
-  // A geometry report from `moescope geometry` works as the weight side too.
+  // A geometry report from `moescope geometry` works as the weight side too, and holds the same /geometry
+  // layer as --geometry wrote (one writer for both). Tolerance 1e-12: float64 sums whose order may differ.
   const std::string geo = dir.file("g.h5");
   ASSERT_EQ(run_moescope({"geometry", lr.weights_file, "-o", geo}).exit_code, 0);
+  {
+    ReportReader g(geo);
+    const std::string base = "/geometry/" + layers[0] + "/";
+    for (const char* name : {"overlap", "gram", "norms", "mso", "param_variance", "param_variance_normalized",
+                             "mean_norm"}) {
+      const auto want = g.read(base + name), got = rep.read(base + name);
+      ASSERT_EQ(got.size(), want.size()) << name;
+      for (std::size_t i = 0; i < want.size(); ++i)
+        EXPECT_NEAR(got[i], want[i], 1e-12 * (1 + std::abs(want[i]))) << name << "[" << i << "]";
+    }
+  }
   const std::string act_only = dir.file("a2.h5");
   ASSERT_EQ(run_moescope({"activations", run, "--max-tokens", "30", "-o", act_only}).exit_code, 0);
   r = run_moescope({"compare-spaces", act_only, "--geometry", geo, "-o", dir.file("c2.h5")});
