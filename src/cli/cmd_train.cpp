@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -72,14 +71,7 @@ void apply_set(nlohmann::json& j, const std::string& item) {
 RunConfig resolve(const TrainArgs& a) {
   nlohmann::json j = default_run_config();
   if (!a.config.empty()) {
-    std::ifstream in(a.config);
-    if (!in) fail_input(a.config, "cannot open the run config");
-    nlohmann::json file;
-    try {
-      file = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(a.config, std::string("not valid JSON: ") + e.what());
-    }
+    const nlohmann::json file = read_json_file(a.config, "the run config");
     if (!file.is_object()) fail_input(a.config, "expected a JSON object");
     // A config file's "model" and "data" replace the defaults whole (a model of another type shares no fields);
     // "train" is merged key by key.

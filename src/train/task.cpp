@@ -79,14 +79,7 @@ void from_json(const nlohmann::json& j, DataSpec& s) {
 DataSpec parse_data_arg(const std::string& arg, const DataSpec& base) {
   if (arg.empty()) return base;
   if (arg.size() > 5 && arg.compare(arg.size() - 5, 5, ".json") == 0) {
-    std::ifstream in(arg);
-    if (!in) fail_input(arg, "cannot open the data spec");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(arg, std::string("not valid JSON: ") + e.what());
-    }
+    const nlohmann::json j = read_json_file(arg, "the data spec");
     DataSpec s;
     try {
       from_json(j, s);
@@ -378,25 +371,33 @@ std::vector<std::pair<std::string, torch::Tensor>> state_entries(const torch::nn
 }
 }  // namespace
 
-void save_weights(const TaskModel& model, const std::string& path,
-                  const std::vector<std::pair<std::string, std::string>>& metadata) {
+void write_tensor_map(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                      bool float64, const std::vector<std::pair<std::string, std::string>>& metadata) {
   torch::NoGradGuard ng;
-  const auto entries = state_entries(model.module());
   std::vector<torch::Tensor> host;  // keeps the bytes alive until written
-  std::vector<TensorToWrite> tensors;
-  for (const auto& [name, t] : entries) {
+  std::vector<TensorToWrite> out;
+  host.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
     const bool integral = !at::isFloatingType(t.scalar_type());
-    host.push_back(t.detach().to(torch::kCPU, integral ? torch::kInt64 : torch::kFloat32).contiguous());
+    const auto dtype = integral ? torch::kInt64 : float64 ? torch::kFloat64 : torch::kFloat32;
+    host.push_back(t.detach().to(torch::kCPU, dtype).contiguous());
     TensorToWrite w;
     w.info.name = name;
-    w.info.dtype = integral ? DType::I64 : DType::F32;
+    w.info.dtype = integral ? DType::I64 : float64 ? DType::F64 : DType::F32;
     w.info.shape = host.back().sizes().vec();
     w.data = host.back().data_ptr();
-    tensors.push_back(w);
+    out.push_back(w);
   }
-  std::map<std::string, std::string> meta{{"format", "pt"}, {"moescope_version", kVersion}};
+  std::map<std::string, std::string> meta;
   for (const auto& [k, v] : metadata) meta[k] = v;
-  write_safetensors(path, tensors, meta);
+  write_safetensors(path, out, meta);
+}
+
+void save_weights(const TaskModel& model, const std::string& path,
+                  const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::vector<std::pair<std::string, std::string>> meta{{"format", "pt"}, {"moescope_version", kVersion}};
+  meta.insert(meta.end(), metadata.begin(), metadata.end());
+  write_tensor_map(path, state_entries(model.module()), /*float64=*/false, meta);
 }
 
 void load_weights(const TaskModel& model, const std::string& path) {
@@ -438,15 +439,38 @@ void load_weights(const TaskModel& model, const std::string& path) {
 
 // ---------------------------------------------------------------------------------------------- runs
 
-namespace {
+nlohmann::json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  if (!in) fail_input(path, "cannot open " + what);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail_input(path, std::string("not valid JSON: ") + e.what());
+  }
+}
 
-std::int64_t step_number(const fs::path& dir) {
+std::int64_t step_number(const std::string& dir) {
   static const std::regex re("step_([0-9]+)");
   std::smatch m;
-  const std::string name = dir.filename().string();
-  if (std::regex_match(name, m, re)) return std::stoll(m[1].str());
-  return -1;
+  const std::string name = fs::path(dir).filename().string();
+  return std::regex_match(name, m, re) ? std::stoll(m[1].str()) : -1;
 }
+
+std::string latest_step_dir(const std::string& run_dir, const std::string& file) {
+  std::error_code ec;
+  std::string best;
+  std::int64_t best_step = -1;
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    const std::int64_t s = step_number(entry.path().string());
+    if (s > best_step && fs::exists(entry.path() / file, ec)) {
+      best_step = s;
+      best = entry.path().string();
+    }
+  }
+  return best;
+}
+
+namespace {
 
 /// The step directory `path` stands for, or empty.
 fs::path step_dir_of(const fs::path& path) {
@@ -454,16 +478,7 @@ fs::path step_dir_of(const fs::path& path) {
   if (fs::is_regular_file(path, ec)) return path.parent_path().empty() ? fs::path(".") : path.parent_path();
   if (!fs::is_directory(path, ec)) return {};
   if (fs::exists(path / "model.safetensors", ec)) return path;
-  fs::path best;
-  std::int64_t best_step = -1;
-  for (const auto& entry : fs::directory_iterator(path, ec)) {
-    const std::int64_t s = step_number(entry.path());
-    if (s > best_step && fs::exists(entry.path() / "model.safetensors", ec)) {
-      best_step = s;
-      best = entry.path();
-    }
-  }
-  return best;
+  return latest_step_dir(path.string(), "model.safetensors");
 }
 
 fs::path config_of(const fs::path& step_dir) {
@@ -493,14 +508,7 @@ LoadedRun load_run(const std::string& path) {
   const fs::path cfg = config_of(step);
   if (cfg.empty()) fail_input(step.string(), "no config.json here or in the parent directory");
   LoadedRun run;
-  {
-    std::ifstream in(cfg);
-    try {
-      run.config = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(cfg.string(), std::string("not valid JSON: ") + e.what());
-    }
-  }
+  run.config = read_json_file(cfg.string(), "the run config");
   if (!run.config.is_object() || !run.config.contains("model")) fail_input(cfg.string(), "has no \"model\" object");
   try {
     run.model = TaskModel::create(run.config["model"]);
@@ -510,7 +518,7 @@ LoadedRun load_run(const std::string& path) {
   }
   run.directory = step.string();
   run.weights_file = fs::is_regular_file(path, ec) ? path : (step / "model.safetensors").string();
-  run.step = step_number(step);
+  run.step = step_number(step.string());
   load_weights(run.model, run.weights_file);
   run.model.module().eval();
   return run;

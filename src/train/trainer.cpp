@@ -251,25 +251,6 @@ struct Log {
   }
 };
 
-std::int64_t step_of(const fs::path& p) {
-  static const std::regex re("step_([0-9]+)");
-  std::smatch m;
-  const std::string name = p.filename().string();
-  return std::regex_match(name, m, re) ? std::stoll(m[1].str()) : -1;
-}
-
-/// The highest step directory holding a complete checkpoint (state.json is written last).
-fs::path latest_checkpoint(const fs::path& run_dir) {
-  fs::path best;
-  std::int64_t best_step = -1;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
-    const std::int64_t s = step_of(e.path());
-    if (s > best_step && fs::exists(e.path() / "state.json")) best_step = s, best = e.path();
-  }
-  return best;
-}
-
 void write_text_atomic(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
   {
@@ -278,32 +259,6 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
     if (!out.flush()) fail_input(tmp.string(), "cannot write");
   }
   fs::rename(tmp, path);
-}
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) fail_input(path.string(), "cannot open");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(path.string(), std::string("not valid JSON: ") + e.what());
-  }
-}
-
-void save_tensor_map(const std::map<std::string, torch::Tensor>& state, const fs::path& path) {
-  std::vector<torch::Tensor> host;
-  std::vector<TensorToWrite> tensors;
-  for (const auto& [name, t] : state) {
-    const bool integral = !at::isFloatingType(t.scalar_type());
-    host.push_back(t.detach().to(torch::kCPU, integral ? torch::kInt64 : torch::kFloat64).contiguous());
-    TensorToWrite w;
-    w.info.name = name;
-    w.info.dtype = integral ? DType::I64 : DType::F64;
-    w.info.shape = host.back().sizes().vec();
-    w.data = host.back().data_ptr();
-    tensors.push_back(w);
-  }
-  write_safetensors(path.string(), tensors);
 }
 
 std::map<std::string, torch::Tensor> load_tensor_map(const fs::path& path) {
@@ -418,15 +373,16 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
   const fs::path log_path = run_dir / "log.h5";
 
   if (options.resume) {
-    const fs::path last = latest_checkpoint(run_dir);
+    // The highest step directory holding a complete checkpoint (state.json is written last).
+    const fs::path last = latest_step_dir(run_dir.string(), "state.json");
     if (!last.empty()) {
-      nlohmann::json saved = read_json(run_dir / "config.json");
+      nlohmann::json saved = read_json_file((run_dir / "config.json").string(), "the run config");
       saved.erase("out_dir");
       if (saved != comparable) {
         fail_input((run_dir / "config.json").string(),
                    "the run was started with another config; resume with the same config or a new name");
       }
-      const nlohmann::json state = read_json(last / "state.json");
+      const nlohmann::json state = read_json_file((last / "state.json").string(), "the checkpoint state");
       start = state.at("step").get<std::int64_t>();
       load_weights(model, (last / "model.safetensors").string());
       load_optimizer(*optimizer, (last / "optimizer.pt").string());
@@ -438,7 +394,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
       result.last_checkpoint = last.string();
       spdlog::info("train {}: resuming at step {} of {} from {}", config.name, start, total_steps, last.string());
     }
-  } else if (fs::exists(run_dir / "config.json") && !latest_checkpoint(run_dir).empty()) {
+  } else if (fs::exists(run_dir / "config.json") && !latest_step_dir(run_dir.string(), "state.json").empty()) {
     fail_input(run_dir.string(), "already holds a run; use --resume to continue it or choose another name");
   }
   write_text_atomic(run_dir / "config.json", config_json.dump(2) + "\n");
@@ -454,7 +410,10 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
                  {{"moescope_run", config.name}, {"step", std::to_string(steps_done)}});
     write_text_atomic(tmp / "config.json", config_json.dump(2) + "\n");
     save_optimizer(*optimizer, (tmp / "optimizer.pt").string());
-    if (omoe) save_tensor_map(omoe->state(), tmp / "omoe.safetensors");
+    if (omoe) {
+      const auto state = omoe->state();
+      write_tensor_map((tmp / "omoe.safetensors").string(), {state.begin(), state.end()}, /*float64=*/true);
+    }
     write_text_atomic(tmp / "state.json",
                       nlohmann::json{{"step", steps_done}, {"total_steps", total_steps}, {"seed", config.seed},
                                      {"moescope_version", kVersion}}

@@ -139,13 +139,25 @@ struct EvalResult {
 };
 EvalResult evaluate(const TaskModel& model, const TensorSplit& split, std::int64_t batch_size = 512);
 
+/// Writes named tensors as safetensors, atomically (tmp + rename): floating tensors as float64 when `float64`,
+/// else float32, integer ones as int64; `metadata` goes in the header's __metadata__.
+void write_tensor_map(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                      bool float64, const std::vector<std::pair<std::string, std::string>>& metadata = {});
 /// Writes the state_dict (parameters and buffers) as float32 safetensors, atomically (tmp + rename), with
-/// `metadata` in the header's __metadata__.
+/// `metadata` in the header's __metadata__ (beside format and moescope_version).
 void save_weights(const TaskModel& model, const std::string& path,
                   const std::vector<std::pair<std::string, std::string>>& metadata = {});
 /// Copies weights from a safetensors file into the model. Every parameter and buffer must be present with its
 /// shape; extra tensors are an error too. Throws InputError naming the file and the tensor.
 void load_weights(const TaskModel& model, const std::string& path);
+
+/// Reads a JSON file. Throws InputError naming the file when it cannot be opened ("cannot open <what>") or is not
+/// valid JSON.
+nlohmann::json read_json_file(const std::string& path, const std::string& what);
+/// N for a directory named step_N, else -1.
+std::int64_t step_number(const std::string& dir);
+/// The step_N directory of `run_dir` with the highest N that holds `file`, or "" when there is none.
+std::string latest_step_dir(const std::string& run_dir, const std::string& file);
 
 /// A trained run opened for analysis.
 struct LoadedRun {
