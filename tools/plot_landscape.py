@@ -17,12 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def save(fig, out_dir, name):
-    for ext in ("png", "pdf"):
-        fig.savefig(os.path.join(out_dir, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    print(os.path.join(out_dir, name + ".png"))
+from plot_report import save  # noqa: E402  (tools/ is on sys.path when this script runs)
 
 
 def surfaces(g):

@@ -138,15 +138,11 @@ ActivationOverlap ActivationOverlapAccumulator::result() const {
   r.out_dim = out_dim_;
   r.overlap = symmetric_mean(sum_, count_, 1.0);
   r.overlap_sq = symmetric_mean(sum_sq_, count_, 1.0);
-  r.pair_tokens = count_;
-  for (int i = 0; i < E_; ++i)
-    for (int j = 0; j < i; ++j) r.pair_tokens(i, j) = count_(j, i);
+  r.pair_tokens = count_.selfadjointView<Eigen::Upper>();  // counts live in the upper triangle
   r.mean_overlap = ratio(upper_sum(sum_), upper_sum(count_));
   r.mso = ratio(upper_sum(sum_sq_), upper_sum(count_));
   r.routed_overlap = symmetric_mean(routed_sum_, routed_count_, 1.0);
-  r.routed_tokens = routed_count_;
-  for (int i = 0; i < E_; ++i)
-    for (int j = 0; j < i; ++j) r.routed_tokens(i, j) = routed_count_(j, i);
+  r.routed_tokens = routed_count_.selfadjointView<Eigen::Upper>();
   r.routed_mean_overlap = ratio(upper_sum(routed_sum_), upper_sum(routed_count_));
   r.routed_mso = ratio(upper_sum(routed_sq_), upper_sum(routed_count_));
   r.source_overlap = Eigen::MatrixXd(E_, E_);
