@@ -16,6 +16,7 @@
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/train/task.hpp"
 #include "support/fixtures.hpp"
+#include "support/runs.hpp"
 
 namespace moescope {
 namespace {
@@ -36,17 +37,10 @@ DataSpec clustered() {
 
 // A run folder as the trainer writes it: RUN/config.json and RUN/step_0/model.safetensors.
 std::string make_run(const TempDir& dir, const char* head) {
-  torch::manual_seed(11);
   const nlohmann::json cfg = {{"type", "classifier"}, {"backbone", "mlp"}, {"head", head}, {"in_channels", 6},
                               {"image_size", 1}, {"num_classes", 4}, {"backbone_widths", {16}}, {"head_hidden", 8},
                               {"experts", 4}, {"top_k", 2}};
-  const TaskModel m = TaskModel::create(cfg);
-  const fs::path run = fs::path(dir.path()) / "run";
-  fs::create_directories(run / "step_0");
-  save_weights(m, (run / "step_0" / "model.safetensors").string());
-  std::ofstream((run / "config.json").string())
-      << nlohmann::json{{"name", "t"}, {"seed", 0}, {"model", m.config()}, {"data", clustered()}}.dump();
-  return run.string();
+  return testing::write_untrained_run(dir.path(), "run", cfg, clustered(), 11);
 }
 
 std::string synth(const TempDir& dir, const std::string& family) {

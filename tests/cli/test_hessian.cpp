@@ -23,6 +23,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/train/task.hpp"
 #include "support/fixtures.hpp"
+#include "support/runs.hpp"
 
 namespace moescope {
 namespace {
@@ -46,18 +47,11 @@ DataSpec small_data() {
 
 // RUN/config.json + RUN/step_0/model.safetensors, as the trainer writes them; returns RUN.
 std::string make_run(const TempDir& dir) {
-  torch::manual_seed(31);
   const nlohmann::json model{{"type", "classifier"},    {"backbone", "mlp"},  {"head", "gated"},
                              {"in_channels", 6},        {"image_size", 1},    {"num_classes", 3},
                              {"backbone_widths", {8}},  {"batch_norm", false}, {"head_hidden", 4},
                              {"experts", 2}};
-  const TaskModel m = TaskModel::create(model);
-  const fs::path run = fs::path(dir.path()) / "run";
-  fs::create_directories(run / "step_0");
-  save_weights(m, (run / "step_0" / "model.safetensors").string());
-  const nlohmann::json cfg{{"name", "hess"}, {"seed", 0}, {"model", m.config()}, {"data", small_data()}};
-  std::ofstream((run / "config.json").string()) << cfg.dump(2);
-  return run.string();
+  return testing::write_untrained_run(dir.path(), "run", model, small_data(), 31);
 }
 
 // The Hessian of the mean loss over the split's first kSamples samples, one HVP per column (float32 model), in

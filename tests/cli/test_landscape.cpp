@@ -12,6 +12,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/train/task.hpp"
 #include "support/fixtures.hpp"
+#include "support/runs.hpp"
 
 namespace moescope {
 namespace {
@@ -39,14 +40,7 @@ nlohmann::json small_model() {
 
 // runs/NAME/{config.json, step_0/model.safetensors} with weights from torch seed `seed`.
 std::string make_run(const TempDir& dir, const std::string& name, std::uint64_t seed) {
-  torch::manual_seed(seed);
-  const TaskModel m = TaskModel::create(small_model());
-  const fs::path run = fs::path(dir.path()) / name;
-  fs::create_directories(run / "step_0");
-  nlohmann::json cfg = {{"name", name}, {"seed", 0}, {"model", m.config()}, {"data", small_data()}};
-  std::ofstream(run / "config.json") << cfg.dump(2);
-  save_weights(m, (run / "step_0" / "model.safetensors").string());
-  return run.string();
+  return testing::write_untrained_run(dir.path(), name, small_model(), small_data(), seed);
 }
 
 double eval_loss(const std::string& run, const std::string& split, std::int64_t n, double* acc = nullptr) {
