@@ -170,7 +170,7 @@ std::int64_t foreign_top_k(const ActivationsArgs& a, const Layout& layout) {
 bool wanted(const std::set<int>& layers, int layer) { return layers.empty() || layers.count(layer) > 0; }
 
 void run(const ActivationsArgs& a, const Context& ctx) {
-  const int threads = apply_threads(ctx);
+  const int threads = start_torch_work(ctx);
   if (!a.probe.empty() && !a.activations.empty()) throw InputError("give --activations or --probe, not both");
   std::set<int> layers;
   if (!a.layers.empty())

@@ -224,7 +224,7 @@ GroupResult analyse(const HessianArgs& a, const HessianOperator& op, ReportWrite
 
 void run(const HessianArgs& a, const Context& ctx) {
   validate(a);
-  apply_threads(ctx);
+  start_torch_work(ctx);
   DistributedOptions dopts;
   dopts.world_size = a.world_size;
   dopts.rank = a.rank;

@@ -125,7 +125,7 @@ std::vector<Direction> eigen_dirs(const TaskModel& model, const std::vector<Name
 }
 
 void run(const LandscapeArgs& a, const Context& ctx) {
-  apply_threads(ctx);
+  start_torch_work(ctx);
   const Axis ax = parse_axis(a.x, "--x");
   std::optional<Axis> ay;
   if (!a.y.empty()) ay = parse_axis(a.y, "--y");

@@ -116,7 +116,7 @@ RunConfig resolve(const TrainArgs& a) {
 }
 
 void run(const TrainArgs& a, const Context& ctx) {
-  const int threads = apply_threads(ctx);
+  const int threads = start_torch_work(ctx);
   const RunConfig config = resolve(a);
   if (a.print_config) {
     std::cout << nlohmann::json(config).dump(2) << "\n";

@@ -8,6 +8,7 @@
 
 #include "moescope/io/checkpoint.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/runtime.hpp"
 
 namespace moescope::cli {
 
@@ -16,6 +17,11 @@ int apply_threads(const Context& ctx) {
   at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
   spdlog::debug("threads {}; {}", n, ctx.runtime);
   return n;
+}
+
+int start_torch_work(const Context& ctx) {
+  reexec_with_passive_openmp(ctx.argv);
+  return apply_threads(ctx);
 }
 
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed) {

@@ -18,11 +18,16 @@ struct Context {
   std::string log_level = "info";
   std::string hash = "auto";  // checkpoint hashing: auto, full, header, none
   std::string runtime;        // what main set up (allocator, OpenMP wait policy), logged at debug level
+  char** argv = nullptr;      // main's, for start_torch_work's re-execution
 };
 
 /// Sets torch's intra-op threads (and the library's worker count) from ctx.threads; returns the count used. Logs
 /// the count and ctx.runtime at debug level.
 int apply_threads(const Context& ctx);
+/// For subcommands whose work is LibTorch's (training, model evaluation): first runs the program again with
+/// passive OpenMP threads unless it already has them (reexec_with_passive_openmp; called before any OpenMP thread
+/// exists), then apply_threads. Returns the thread count.
+int start_torch_work(const Context& ctx);
 
 /// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed = 0);

@@ -25,24 +25,10 @@ std::string shell_quote(const std::string& s) {
 
 }  // namespace
 
-// The subcommands whose work is LibTorch's (training and model evaluation): they get passive OpenMP threads.
-bool runs_torch_work(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--threads" || a == "--log-level") {
-      ++i;  // its value
-      continue;
-    }
-    if (!a.empty() && a[0] == '-') continue;
-    return a == "train" || a == "hessian" || a == "landscape" || a == "activations";
-  }
-  return false;
-}
-
 int main(int argc, char** argv) {
   using namespace moescope;
-  if (runs_torch_work(argc, argv)) reexec_with_passive_openmp(argv);
   cli::Context ctx;
+  ctx.argv = argv;
   ctx.runtime = keep_freed_memory();  // before torch allocates anything large
   ctx.runtime += std::string("; OMP_WAIT_POLICY ") +
                  (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset (libgomp's default)");

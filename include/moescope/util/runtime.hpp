@@ -29,7 +29,8 @@ std::string keep_freed_memory();
 /// libgomp reads the variable once, when it is loaded, before main; hence the re-execution (which costs one more
 /// process start, about 0.6 s with LibTorch). Returns (and changes nothing) when OMP_WAIT_POLICY is already set,
 /// so the user's choice stands and the second start does not loop; on systems without /proc/self/exe, or if
-/// execv fails, the process goes on unchanged. Call it first thing in main, before threads exist.
+/// execv fails, the process goes on unchanged. Call it before any OpenMP thread exists (moescope calls it at the
+/// start of each subcommand whose work is LibTorch's: cli::start_torch_work).
 void reexec_with_passive_openmp(char** argv);
 
 }  // namespace moescope
