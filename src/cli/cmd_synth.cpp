@@ -3,7 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common.hpp"
-#include "moescope/io/synthetic.hpp"
+#include "moescope/io/synthetic_checkpoint.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope::cli {

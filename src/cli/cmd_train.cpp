@@ -9,7 +9,7 @@
 
 #include "common.hpp"
 #include "moescope/train/trainer.hpp"
-#include "moescope/util/error.hpp"
+#include "moescope/util/json.hpp"
 
 namespace moescope::cli {
 namespace {
@@ -49,39 +49,12 @@ void apply(nlohmann::json& j, const Override<T>& o) {
   if (o.value) j[nlohmann::json::json_pointer(o.pointer)] = *o.value;
 }
 
-/// "train.optim.lr=0.1" or "/train/optim/lr=0.1": the value is JSON, or a plain string when it does not parse.
-void apply_set(nlohmann::json& j, const std::string& item) {
-  const auto eq = item.find('=');
-  if (eq == std::string::npos || eq == 0) throw InputError("--set: expected KEY=VALUE, got '" + item + "'");
-  std::string key = item.substr(0, eq);
-  if (key.front() != '/') {
-    for (char& c : key) c = c == '.' ? '/' : c;
-    key = "/" + key;
-  }
-  const std::string text = item.substr(eq + 1);
-  nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) value = text;
-  try {
-    j[nlohmann::json::json_pointer(key)] = value;
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError("--set " + item + ": " + e.what());
-  }
-}
-
 RunConfig resolve(const TrainArgs& a) {
   nlohmann::json j = default_run_config();
   if (!a.config.empty()) {
     const nlohmann::json file = read_json_file(a.config, "the run config");
     if (!file.is_object()) fail_input(a.config, "expected a JSON object");
-    // A config file's "model" and "data" replace the defaults whole (a model of another type shares no fields);
-    // "train" is merged key by key.
-    for (const auto& item : file.items()) {
-      if (item.key() == "train" && item.value().is_object()) {
-        j["train"].merge_patch(item.value());
-      } else {
-        j[item.key()] = item.value();
-      }
-    }
+    j = merge_run_config(std::move(j), file);
   }
   if (!a.data.empty()) {
     DataSpec base;
@@ -90,7 +63,7 @@ RunConfig resolve(const TrainArgs& a) {
     } catch (const InputError& e) {
       fail_input(a.config, e.what());
     }
-    j["data"] = parse_data_arg(a.data, base);
+    j["data"] = parse_data_arg(a.data, base, "--data");
   }
   for (const auto* o : {&a.name, &a.out_dir, &a.optimizer, &a.schedule, &a.head, &a.backbone}) apply(j, *o);
   for (const auto* o : {&a.seed, &a.steps, &a.epochs, &a.batch_size, &a.eval_every, &a.checkpoint_every, &a.log_every,
@@ -104,7 +77,7 @@ RunConfig resolve(const TrainArgs& a) {
   if (a.steps.value && !a.epochs.value) j["train"]["epochs"] = 0;
   if (a.epochs.value && !a.steps.value) j["train"]["steps"] = 0;
   if (a.omoe) j["train"]["optim"]["omoe"]["enabled"] = true;
-  for (const auto& s : a.sets) apply_set(j, s);
+  for (const auto& s : a.sets) assign_json_path(j, s, "--set");
   RunConfig c;
   try {
     c = j.get<RunConfig>();
@@ -126,6 +99,7 @@ void run(const TrainArgs& a, const Context& ctx) {
   opts.resume = a.resume;
   opts.provenance = make_provenance(ctx, "");
   opts.provenance.threads = threads;
+  opts.progress = progress_renderer(ctx);
   const TrainResult r = train_run(config, opts);
   const double seconds = r.times.total();
   std::cout << fmt::format("run        {}\n", r.run_dir);

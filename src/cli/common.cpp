@@ -1,9 +1,15 @@
 #include "common.hpp"
 
 #include <ATen/Parallel.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
 #include <thread>
 
 #include "moescope/io/checkpoint.hpp"
@@ -40,41 +46,6 @@ Provenance make_provenance(const Context& ctx, const std::string& checkpoint, st
   return p;
 }
 
-std::vector<double> row_major(const Eigen::MatrixXd& m) {
-  std::vector<double> v(static_cast<std::size_t>(m.size()));
-  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), m.rows(), m.cols()) = m;
-  return v;
-}
-
-void write_geometry_group(ReportWriter& w, const std::string& family) {
-  w.create_group("/geometry");
-  w.set_attr("/geometry", "family", family);
-  w.set_attr("/geometry", "definition",
-             std::string("v_e = chosen matrices of expert e flattened row-major and concatenated; u_e = v_e/|v_e|; "
-                         "overlap = <u_i,u_j>; mso = mean over i!=j of overlap^2 (arXiv:2601.00457); "
-                         "param_variance = mean over coordinates of the unbiased variance across experts "
-                         "(arXiv:2310.09762), also on u_e"));
-}
-
-void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix) {
-  const std::string base = "/geometry/" + g.key;
-  const auto E = static_cast<std::size_t>(g.experts);
-  w.write_scalar(base + "/mso", g.mso);
-  w.write(base + "/overlap", row_major(g.overlap), {E, E});
-  w.write(base + "/gram", row_major(g.gram), {E, E});
-  w.write(base + "/norms", g.norms, {E});
-  w.write_scalar(base + "/param_variance", g.param_variance);
-  w.write_scalar(base + "/param_variance_normalized", g.param_variance_normalized);
-  w.write_scalar(base + "/mean_norm", g.mean_norm);
-  std::string roles;
-  for (const auto& r : g.roles) roles += (roles.empty() ? "" : ",") + r;
-  w.set_attr(base, "matrices", roles);
-  w.set_attr(base, "layer", std::int64_t{g.layer});
-  w.set_attr(base, "experts", std::int64_t{g.experts});
-  w.set_attr(base, "dim", g.dim);
-  w.set_attr(base, "prefix", prefix);
-}
-
 std::vector<int> parse_index_list(const std::string& spec, const std::string& flag) {
   std::vector<int> out;
   std::size_t pos = 0;
@@ -98,6 +69,141 @@ std::vector<int> parse_index_list(const std::string& spec, const std::string& fl
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------- option groups
+
+void add_eval_options(CLI::App* sub, EvalSpec& eval, EvalFlags flags) {
+  sub->add_option("--data", eval.data, "Data of a run: NAME, NAME:PATH or a DataSpec .json (default: the run's own)");
+  if (flags.one_split) {
+    eval.splits.resize(1);
+    sub->add_option("--split", eval.splits.front(), "Split of a run's data: train (default), valid or test");
+  } else {
+    sub->add_option("--split", eval.splits, "Splits: train, valid, test, comma-separated (default train)")
+        ->delimiter(',');
+  }
+  if (!flags.no_max_samples)
+    sub->add_option("--max-samples", eval.max_samples, "The first N samples of each split (default 1000; 0 = all)");
+  sub->add_option("--batch-size", eval.batch_size,
+                  "Samples (tokens for recorded or random inputs) per forward pass (default 256; memory only: results "
+                  "do not depend on it)");
+}
+
+void add_params_option(CLI::App* sub, std::string& params, const std::string& extra) {
+  sub->add_option("--params", params,
+                  "Parameter subset: all (default), router, expert:L.E, re:REGEX" + extra);
+}
+
+void add_seed_option(CLI::App* sub, std::uint64_t& seed, const std::string& what) {
+  sub->add_option("--seed", seed, "Seed of " + what + " (default 0)");
+}
+
+void add_hash_option(CLI::App* sub, Context& ctx) {
+  sub->add_option("--hash", ctx.hash, "Checkpoint digest for the report: auto (full up to 2 GiB), full, header, none")
+      ->check(CLI::IsMember({"auto", "full", "header", "none"}));
+}
+
+void validate_eval(const EvalSpec& eval) {
+  if (eval.splits.empty()) throw InputError("--split: give at least one of train, valid, test");
+  for (const auto& s : eval.splits) check_split_name(s, "--split");
+  if (eval.max_samples < 0)
+    throw InputError("--max-samples: must be >= 0 (0 = the whole split), got " + std::to_string(eval.max_samples));
+  if (eval.batch_size < 1) throw InputError("--batch-size: must be at least 1, got " + std::to_string(eval.batch_size));
+}
+
+void print_notes(const std::vector<std::string>& notes) {
+  for (const auto& n : notes) spdlog::warn("{}", n);
+}
+
+// ---------------------------------------------------------------------------------------------- progress
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string duration_text(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<long long>(s + 0.5);
+  if (t < 60) return std::to_string(t) + "s";
+  if (t < 3600) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}h{:02d}m", t / 3600, t / 60 % 60);
+}
+
+class Renderer {
+ public:
+  explicit Renderer(bool tty) : tty_(tty) {}
+  ~Renderer() { end_line(); }
+
+  void operator()(const Progress& p) {
+    if (!spdlog::should_log(spdlog::level::info)) return;
+    const auto now = Clock::now();
+    if (p.stage != stage_) start_stage(p, now);
+    if (!p.note.empty()) {
+      end_line();
+      std::fprintf(stderr, "%s: %s\n", p.stage.c_str(), p.note.c_str());
+      return;
+    }
+    const double elapsed = std::chrono::duration<double>(now - t0_).count();
+    const double rate = elapsed > 0 ? static_cast<double>(p.done - done0_) / elapsed : 0.0;
+    const std::string line = format(p, rate);
+    if (tty_) {
+      if (p.finished || std::chrono::duration<double>(now - last_).count() >= 0.1) {
+        std::fprintf(stderr, "\r\033[K%s", line.c_str());
+        live_ = true;
+        last_ = now;
+      }
+      if (p.finished) end_line();
+    } else {
+      const bool step = p.total > 0 ? p.done * 10 / std::max<std::int64_t>(p.total, 1) > decile_
+                                    : std::chrono::duration<double>(now - last_).count() >= 30.0;
+      if (p.finished || step || std::chrono::duration<double>(now - last_).count() >= 30.0) {
+        std::fprintf(stderr, "%s\n", line.c_str());
+        last_ = now;
+        if (p.total > 0) decile_ = p.done * 10 / std::max<std::int64_t>(p.total, 1);
+      }
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  void start_stage(const Progress& p, Clock::time_point now) {
+    end_line();
+    stage_ = p.stage;
+    t0_ = now;
+    last_ = now;
+    done0_ = p.done;
+    decile_ = p.total > 0 ? p.done * 10 / std::max<std::int64_t>(p.total, 1) : 0;
+  }
+  void end_line() {
+    if (live_) std::fprintf(stderr, "\n");
+    live_ = false;
+  }
+  static std::string format(const Progress& p, double rate) {
+    std::string s = p.stage + ": " + std::to_string(p.done);
+    if (p.total > 0) s += "/" + std::to_string(p.total);
+    s += " " + p.unit;
+    if (rate > 0) {
+      s += fmt::format(", {:.3g} {}/s", rate, p.unit);
+      if (p.total > 0 && !p.finished) s += ", ETA " + duration_text(static_cast<double>(p.total - p.done) / rate);
+    }
+    if (!p.value_name.empty() && std::isfinite(p.value)) s += fmt::format(", {} {:.6g}", p.value_name, p.value);
+    if (!p.detail.empty()) s += ", " + p.detail;
+    if (p.finished) s += " (done)";
+    return s;
+  }
+
+  bool tty_;
+  bool live_ = false;
+  std::string stage_;
+  Clock::time_point t0_, last_;
+  std::int64_t done0_ = 0, decile_ = 0;
+};
+
+}  // namespace
+
+ProgressFn progress_renderer(const Context&) {
+  auto r = std::make_shared<Renderer>(::isatty(2) != 0);
+  return [r](const Progress& p) { (*r)(p); };
 }
 
 }  // namespace moescope::cli

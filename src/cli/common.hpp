@@ -1,13 +1,15 @@
 #pragma once
-// Shared pieces of the subcommands: the run context, provenance and thread set-up.
+// Shared pieces of the subcommands: the run context, provenance, threads, the shared option groups and the
+// progress renderer. Commands are thin: parse flags into a library request, call it, write its report.
 #include <CLI/CLI.hpp>
 
 #include <string>
-
-#include <Eigen/Dense>
+#include <vector>
 
 #include "moescope/io/report.hpp"
-#include "moescope/metrics/geometry.hpp"
+#include "moescope/data/spec.hpp"
+#include "moescope/util/error.hpp"
+#include "moescope/util/progress.hpp"
 
 namespace moescope::cli {
 
@@ -32,17 +34,38 @@ int start_torch_work(const Context& ctx);
 /// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed = 0);
 
-/// A matrix's entries in row-major order (HDF5's order, h5py's m[i, j]).
-std::vector<double> row_major(const Eigen::MatrixXd& m);
-
-/// /geometry with its attributes (family, definition): the group `geometry` writes and `activations --geometry`
-/// adds to its report.
-void write_geometry_group(ReportWriter& w, const std::string& family);
-/// /geometry/<key>: one layer's expert geometry as `geometry` writes it; `prefix` is the layer's tensor prefix.
-void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix);
-
 /// Parses "0,3-5,7" into sorted unique indices; throws InputError naming the flag.
 std::vector<int> parse_index_list(const std::string& spec, const std::string& flag);
+
+/// The evaluation options of every analysis of a run, declared once: --data, --split, --max-samples, --batch-size
+/// (EvalSpec's defaults: the run's data, train, 1000, 256). `one_split`: --split takes one name, not a list;
+/// `no_max_samples`: the command counts tokens instead (activations' --max-tokens).
+struct EvalFlags {
+  bool one_split = false;
+  bool no_max_samples = false;
+};
+void add_eval_options(CLI::App* sub, EvalSpec& eval, EvalFlags flags = {});
+/// --params (select_parameters spec) and --seed, with one help text each.
+void add_params_option(CLI::App* sub, std::string& params, const std::string& extra = "");
+void add_seed_option(CLI::App* sub, std::uint64_t& seed, const std::string& what);
+/// --hash, for commands that record a checkpoint digest.
+void add_hash_option(CLI::App* sub, Context& ctx);
+/// Checks what add_eval_options parsed, naming the flag.
+void validate_eval(const EvalSpec& eval);
+
+/// Prints the library's progress on stderr: on a terminal one live line per stage (done/total, rate, ETA, the
+/// stage's measure), otherwise a line when a stage starts, about every 10% (or 30 s) and when it ends; notes on
+/// lines of their own. Quiet with --log-level warn or above.
+ProgressFn progress_renderer(const Context& ctx);
+
+/// Runs f() with the library's precondition errors (std::invalid_argument) turned into bad input naming `flags`.
+template <class F>
+auto with_flags(const std::string& flags, F&& f) {
+  return with_input_errors(flags, std::forward<F>(f));
+}
+
+/// Prints notes the library returned (warnings for the user) through the log.
+void print_notes(const std::vector<std::string>& notes);
 
 void add_inspect(CLI::App& app, Context& ctx);
 void add_geometry(CLI::App& app, Context& ctx);

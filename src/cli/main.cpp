@@ -67,7 +67,11 @@ int main(int argc, char** argv) {
     std::cerr << "moescope: error: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "moescope: internal error: " << e.what() << "\n";
+    // One line (LibTorch's errors carry a C++ backtrace after the first line: shown with --log-level debug).
+    std::cerr << "moescope: internal error: " << first_line(e) << "\n";
+    const std::string all = e.what();
+    if (spdlog::should_log(spdlog::level::debug) && all.size() > first_line(e).size())
+      std::cerr << all.substr(first_line(e).size() + 1) << "\n";
     return 1;
   }
   return 0;

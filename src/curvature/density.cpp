@@ -62,8 +62,8 @@ SlqQuadrature slq_quadrature(const LinearOperator& op, const SlqOptions& opts) {
     es.computeFromTridiagonal(proc.alpha(), proc.beta(), Eigen::ComputeEigenvectors);
     out.nodes.push_back(es.eigenvalues());
     out.weights.push_back(es.eigenvectors().row(0).transpose().array().square().matrix());
-    if (opts.progress)
-      opts.progress(Progress{"slq", run + 1, out.matvecs, out.nodes.back().dot(out.weights.back())});
+    report(opts.progress, make_progress("slq", run + 1, opts.runs, "runs", out.nodes.back().dot(out.weights.back()), "mean",
+                                   std::to_string(out.matvecs) + " matvecs"));
   }
   return out;
 }

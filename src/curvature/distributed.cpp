@@ -47,13 +47,13 @@ InitSpec parse_init(const std::string& init) {
     const std::string rest = init.substr(tcp.size());
     const auto colon = rest.rfind(':');
     if (colon == std::string::npos || colon == 0)
-      throw InputError("--init: expected tcp://HOST:PORT, got '" + init + "'");
+      throw InputError("distributed init: expected tcp://HOST:PORT, got '" + init + "'");
     s.tcp = true;
     s.host = rest.substr(0, colon);
     const std::string port = rest.substr(colon + 1);
     if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
         std::stoi(port) < 1 || std::stoi(port) > 65535)
-      throw InputError("--init: port '" + port + "' is not in 1..65535 in '" + init + "'");
+      throw InputError("distributed init: port '" + port + "' is not in 1..65535 in '" + init + "'");
     s.port = static_cast<std::uint16_t>(std::stoi(port));
     return s;
   }
@@ -61,16 +61,16 @@ InitSpec parse_init(const std::string& init) {
     s.path = init.substr(file.size());
     return s;
   }
-  throw InputError("--init: expected tcp://HOST:PORT or file://PATH, got '" + init + "'");
+  throw InputError("distributed init: expected tcp://HOST:PORT or file://PATH, got '" + init + "'");
 }
 
 void check_options(const DistributedOptions& o) {
-  if (o.world_size < 1) throw InputError("--world-size: must be at least 1, got " + std::to_string(o.world_size));
+  if (o.world_size < 1) throw InputError("distributed world_size: must be at least 1, got " + std::to_string(o.world_size));
   if (o.rank < 0 || o.rank >= o.world_size)
-    throw InputError("--rank: " + std::to_string(o.rank) + " is outside [0, " + std::to_string(o.world_size) + ")");
+    throw InputError("distributed rank: " + std::to_string(o.rank) + " is outside [0, " + std::to_string(o.world_size) + ")");
   if (!(o.timeout_s > 0.0) || !std::isfinite(o.timeout_s))
     throw InputError("distributed timeout must be positive, got " + std::to_string(o.timeout_s));
-  if (o.world_size > 1 && o.init.empty()) throw InputError("--init: required when --world-size > 1");
+  if (o.world_size > 1 && o.init.empty()) throw InputError("distributed init: required when --world-size > 1");
 }
 
 }  // namespace
@@ -136,7 +136,7 @@ DataParallelGroup::DataParallelGroup(const DistributedOptions& opts) : impl_(std
   rank_ = opts.rank;
   world_size_ = opts.world_size;
   if (world_size_ > 1)
-    throw InputError("--world-size " + std::to_string(world_size_) +
+    throw InputError("distributed world_size " + std::to_string(world_size_) +
                      ": this moescope was built without c10d's Gloo backend (install libgloo-dev and rebuild)");
 }
 

@@ -41,7 +41,13 @@ std::vector<torch::Tensor> HessianOperator::grads_of(std::int64_t batch, bool cr
   TORCH_CHECK(b.loss.numel() == 1, "HessianOperator: batch ", batch, " loss is not a scalar");
   TORCH_CHECK(b.samples > 0, "HessianOperator: batch ", batch, " has ", b.samples, " samples");
   *samples = b.samples;
-  return torch::autograd::grad({b.loss}, params_, {}, /*retain_graph=*/create_graph, create_graph);
+  // A parameter the batch's loss does not reach (a top-k expert that received no token, a noisy gate's noise
+  // weights in eval mode) has gradient zero: allow_unused, and zeros in its place.
+  std::vector<torch::Tensor> g = torch::autograd::grad({b.loss}, params_, {}, /*retain_graph=*/create_graph,
+                                                       create_graph, /*allow_unused=*/true);
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (!g[i].defined()) g[i] = torch::zeros_like(params_[i]);
+  return g;
 }
 
 torch::Tensor HessianOperator::hvp(const torch::Tensor& v) const {
@@ -65,9 +71,11 @@ torch::Tensor HessianOperator::hvp(const torch::Tensor& v) const {
       g = grads_of(b, true, &samples);
     }
     torch::Tensor gv = torch::zeros({}, params_[0].options());
-    for (std::size_t i = 0; i < g.size(); ++i) gv = gv + (g[i] * vs[i]).sum();
-    const auto hv = torch::autograd::grad({gv}, params_, {}, /*retain_graph=*/opts_.keep_graph, false,
-                                          /*allow_unused=*/true);
+    for (std::size_t i = 0; i < g.size(); ++i)
+      if (g[i].requires_grad()) gv = gv + (g[i] * vs[i]).sum();
+    std::vector<torch::Tensor> hv(params_.size());
+    if (gv.requires_grad())  // else the gradient does not depend on the parameters here: H v = 0
+      hv = torch::autograd::grad({gv}, params_, {}, /*retain_graph=*/opts_.keep_graph, false, /*allow_unused=*/true);
     std::vector<torch::Tensor> parts;
     for (std::size_t i = 0; i < hv.size(); ++i)
       parts.push_back(hv[i].defined() ? hv[i].reshape({-1}) : torch::zeros({params_[i].numel()}, params_[i].options()));

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
 
 namespace moescope {
@@ -23,21 +24,10 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-[[noreturn]] void invalid(const char* where, const std::string& what) {
-  throw std::invalid_argument(std::string(where) + ": " + what);
-}
-
-template <class T>
-std::string str(const T& v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 void check_common(const char* where, const TraceOptions& opts, std::int64_t min_probes) {
   if (opts.probes < min_probes)
-    invalid(where, "probes must be at least " + str(min_probes) + ", got " + str(opts.probes));
-  if (!(opts.stop_tol >= 0.0)) invalid(where, "stop_tol must be >= 0, got " + str(opts.stop_tol));
+    invalid_argument(where, "probes must be at least " + to_text(min_probes) + ", got " + to_text(opts.probes));
+  if (!(opts.stop_tol >= 0.0)) invalid_argument(where, "stop_tol must be >= 0, got " + to_text(opts.stop_tol));
 }
 
 ProbeDistribution resolve(ProbeDistribution d, ProbeDistribution fallback) {
@@ -99,7 +89,7 @@ TraceResult hutchinson_trace(const LinearOperator& op, const TraceOptions& opts)
     sum += samples(i);
     used = i + 1;
     const double mean = sum / static_cast<double>(used);
-    if (opts.progress) opts.progress(Progress{"hutchinson", used, used, mean});
+    report(opts.progress, make_progress("hutchinson", used, opts.probes, "probes", mean, "estimate"));
     if (!std::isfinite(mean)) break;
     if (opts.stop_tol > 0.0) {
       if (std::abs(mean - prev_mean) / (std::abs(prev_mean) + 1e-6) < opts.stop_tol) {
@@ -137,7 +127,7 @@ TraceResult hutchpp_trace(const LinearOperator& op, const TraceOptions& opts) {
   const Eigen::MatrixXd aq = op.apply_block(q);
   if (!aq.allFinite()) return non_finite(TraceMethod::HutchPlusPlus, k + g, k + q.cols());
   r.low_rank_part = (q.transpose() * aq).trace();
-  if (opts.progress) opts.progress(Progress{"hutch++", 1, k + q.cols(), r.low_rank_part});
+  report(opts.progress, make_progress("hutch++", k + q.cols(), opts.probes, "matvecs", r.low_rank_part, "low-rank part"));
 
   // (I - QQ^T) G, projected twice so that rounding in Q^T G does not leak back into range(Q).
   Eigen::MatrixXd pg = gm - q * (q.transpose() * gm);
@@ -149,7 +139,7 @@ TraceResult hutchpp_trace(const LinearOperator& op, const TraceOptions& opts) {
   mean_and_se(r.samples, res_mean, r.std_error);
   r.estimate = r.low_rank_part + res_mean;
   r.matvecs = k + q.cols() + g;
-  if (opts.progress) opts.progress(Progress{"hutch++", 2, r.matvecs, r.estimate});
+  report(opts.progress, make_progress("hutch++", r.matvecs, opts.probes, "matvecs", r.estimate, "estimate", "", true));
   finish(r);
   return r;
 }
@@ -159,7 +149,7 @@ TraceResult xtrace_trace(const LinearOperator& op, const TraceOptions& opts) {
   const std::int64_t n = op.size();
   const std::int64_t k = opts.probes / 2;
   if (k > n)
-    invalid("xtrace_trace", "probes / 2 = " + str(k) + " exceeds n = " + str(n) +
+    invalid_argument("xtrace_trace", "probes / 2 = " + to_text(k) + " exceeds n = " + to_text(n) +
                                 "; n matvecs give the exact trace");
   const ProbeDistribution dist = resolve(opts.distribution, ProbeDistribution::Sphere);
   const bool improved = dist == ProbeDistribution::Sphere;
@@ -181,7 +171,7 @@ TraceResult xtrace_trace(const LinearOperator& op, const TraceOptions& opts) {
   h = 0.5 * (h + h.transpose());  // A is symmetric; drop the rounding asymmetry
   const Eigen::MatrixXd c = q.transpose() * w;
   r.low_rank_part = h.trace();
-  if (opts.progress) opts.progress(Progress{"xtrace", 1, r.matvecs, r.low_rank_part});
+  report(opts.progress, make_progress("xtrace", r.matvecs, opts.probes, "matvecs", r.low_rank_part, "low-rank part"));
 
   // Q_(i) = Q U_i with U_i an orthonormal basis of range(R without column i), i.e. of A W without w_i.
   // Well-conditioned R: U_i U_i^T = I - s_i s_i^T, s_i = normalised column i of R^{-T}.
@@ -229,7 +219,7 @@ TraceResult xtrace_trace(const LinearOperator& op, const TraceOptions& opts) {
     r.samples(i) = tr_low + tail;
   }
   mean_and_se(r.samples, r.estimate, r.std_error);
-  if (opts.progress) opts.progress(Progress{"xtrace", 2, r.matvecs, r.estimate});
+  report(opts.progress, make_progress("xtrace", r.matvecs, opts.probes, "matvecs", r.estimate, "estimate", "", true));
   finish(r);
   return r;
 }

@@ -6,7 +6,7 @@
 #include <string>
 #include <utility>
 
-#include "moescope/data/random.hpp"
+#include "moescope/util/random.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope {
@@ -28,7 +28,7 @@ std::vector<std::int64_t> permutation(std::int64_t n, std::uint64_t seed) {
   check_count(n);
   std::vector<std::int64_t> p(static_cast<std::size_t>(n));
   std::iota(p.begin(), p.end(), std::int64_t{0});
-  SplitMix64 rng(seed);
+  Rng rng(seed);
   for (std::int64_t i = n - 1; i >= 1; --i) {
     const auto j = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(i) + 1));
     std::swap(p[static_cast<std::size_t>(i)], p[static_cast<std::size_t>(j)]);

@@ -536,7 +536,7 @@ struct CustomPattern {
 // Rewrites (?<name>...) to (...) and records each name's group number; escapes and bracket expressions are
 // skipped so that "\(" or "[(]" do not count as groups.
 CustomPattern compile_pattern(const std::string& pattern) {
-  const auto fail = [](const std::string& what) { throw InputError("--expert-pattern: " + what); };
+  const auto fail = [](const std::string& what) { throw InputError("expert pattern: " + what); };
   std::string rewritten;
   std::map<std::string, std::size_t> groups;
   std::size_t count = 0;
@@ -599,7 +599,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     const auto number = [&](std::size_t g, const char* what) {
       const std::string s = m[g].matched ? m[g].str() : std::string();
       if (!is_uint(s))
-        throw InputError("--expert-pattern: group '" + std::string(what) + "' matched '" + s + "' in tensor '" +
+        throw InputError("expert pattern: group '" + std::string(what) + "' matched '" + s + "' in tensor '" +
                          t.name + "', not a number");
       return to_int(s);
     };
@@ -607,7 +607,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     const int expert = number(cp.expert, "expert");
     const std::string matrix = m[cp.matrix].str();
     if (matrix.empty())
-      throw InputError("--expert-pattern: group 'matrix' matched nothing in tensor '" + t.name + "'");
+      throw InputError("expert pattern: group 'matrix' matched nothing in tensor '" + t.name + "'");
     // The block's prefix: the name up to the dot before the component holding the expert number.
     const std::size_t dot = t.name.rfind('.', static_cast<std::size_t>(m.position(cp.expert)));
     std::string prefix = dot == std::string::npos ? std::string() : t.name.substr(0, dot);
@@ -630,7 +630,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     builds.push_back(std::move(b));
   }
   std::vector<std::string> notes;
-  if (builds.empty()) notes.push_back("--expert-pattern matched no tensor");
+  if (builds.empty()) notes.push_back("the expert pattern matched no tensor");
   return finish(std::move(builds), idx, std::move(notes));
 }
 
@@ -702,6 +702,24 @@ void read_view_f64(const TensorSource& src, const MatrixView& view, std::int64_t
     }
     k += n;
   }
+}
+
+std::vector<const MoELayerLayout*> select_layers(const Layout& layout, const std::vector<int>& wanted,
+                                                 const std::string& source) {
+  if (layout.layers.empty())
+    fail_input(source, "no MoE layers found (family '" + layout.family +
+                           "'); see `moescope inspect`, or give an expert pattern for an unknown layout");
+  std::vector<const MoELayerLayout*> out;
+  for (const auto& l : layout.layers)
+    if (wanted.empty() || std::find(wanted.begin(), wanted.end(), l.layer) != wanted.end()) out.push_back(&l);
+  for (int w : wanted)
+    if (std::none_of(layout.layers.begin(), layout.layers.end(), [&](const MoELayerLayout& l) { return l.layer == w; }))
+      fail_input(source, "layer " + std::to_string(w) + " has no experts (MoE layers: " + [&] {
+        std::string list;
+        for (const auto& l : layout.layers) list += (list.empty() ? "" : ",") + std::to_string(l.layer);
+        return list;
+      }() + ")");
+  return out;
 }
 
 }  // namespace moescope

@@ -386,6 +386,16 @@ void ReportWriter::write_scalar(const std::string& path, double value) {
   impl_->write_dataset(path, H5::PredType::IEEE_F64LE, H5::PredType::NATIVE_DOUBLE, &value, {});
 }
 
+void ReportWriter::write_matrix(const std::string& path, const Eigen::MatrixXd& m) {
+  std::vector<double> v(static_cast<std::size_t>(m.size()));
+  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), m.rows(), m.cols()) = m;
+  write(path, v, {static_cast<std::size_t>(m.rows()), static_cast<std::size_t>(m.cols())});
+}
+
+void ReportWriter::write_vector(const std::string& path, const Eigen::VectorXd& v) {
+  write(path, std::vector<double>(v.data(), v.data() + v.size()), {static_cast<std::size_t>(v.size())});
+}
+
 void ReportWriter::write_int(const std::string& path, const std::vector<std::int64_t>& data,
                              const std::vector<std::size_t>& dims) {
   if (data.size() != detail::element_count(dims)) {
@@ -543,6 +553,14 @@ double ReportReader::read_scalar(const std::string& path) const {
     fail_input(path_, detail::quoted(path) + " holds " + std::to_string(v.size()) + " values, not one");
   }
   return v[0];
+}
+
+Eigen::MatrixXd ReportReader::read_matrix(const std::string& path) const {
+  std::vector<std::size_t> dims;
+  const std::vector<double> v = read(path, &dims);
+  if (dims.size() != 2) fail_input(path_, "'" + path + "' is not a matrix (" + std::to_string(dims.size()) + "-D)");
+  return Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      v.data(), static_cast<Eigen::Index>(dims[0]), static_cast<Eigen::Index>(dims[1]));
 }
 
 std::vector<std::string> ReportReader::read_strings(const std::string& path) const {

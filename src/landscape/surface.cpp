@@ -281,7 +281,6 @@ Surface compute_surface(Perturbation& perturbation, const PointEvaluator& evalua
   }
 
   auto restore = on_exit([&perturbation] { perturbation.restore(); });
-  const auto t0 = std::chrono::steady_clock::now();
   std::int64_t done = s.resumed;
   for (std::size_t i = 0; i < nx; ++i) {
     for (std::size_t j = 0; j < ny; ++j) {
@@ -302,14 +301,8 @@ Surface compute_surface(Perturbation& perturbation, const PointEvaluator& evalua
       s.computed[idx] = 1;
       ++s.evaluated;
       ++done;
-      if (opts.progress) {
-        SurfaceProgress p;
-        p.done = done;
-        p.total = static_cast<std::int64_t>(total);
-        p.evaluated = s.evaluated;
-        p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        opts.progress(p);
-      }
+      report(opts.progress, make_progress("landscape", done, static_cast<std::int64_t>(total), "points", v.empty() ? std::nan("") : v[0],
+                                     nm > 0 ? opts.metrics[0] : "", "", done == static_cast<std::int64_t>(total)));
     }
   }
   return s;

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "moescope/io/report.hpp"
 #include "moescope/stats/correlation.hpp"
 #include "moescope/util/error.hpp"
 
@@ -306,6 +307,145 @@ SpaceComparison compare_spaces(const std::vector<LayerOverlaps>& layers) {
   out.layer_mso_spearman_rho = per_layer.sr;
   out.layer_mso_spearman_p = per_layer.sp;
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------- reports
+
+namespace {
+constexpr const char* kActivationsDefinition =
+    "y_e(t) = expert e on token t's layer input (every expert sees every token); c_ij(t) = cosine(y_i(t), y_j(t)); "
+    "overlap = mean over tokens of c_ij; mean_overlap / mso = mean of c_ij / c_ij^2 over (token, pair i!=j) "
+    "(arXiv:2601.00457); routed_* = over tokens routed to both i and j (kept top-k choices; argmax for dense "
+    "mixtures), pooled over (token, pair); source_overlap row i = tokens routed to i; load = fraction of router "
+    "assignments before capacity drops; importance = mean router probability; router_entropy = mean per-token "
+    "entropy in nats; dropped_fraction = dropped / all assignments";
+
+template <class Map, class V>
+V value_or(const Map& m, const std::string& key, V fallback) {
+  const auto it = m.find(key);
+  return it == m.end() ? fallback : it->second;
+}
+}  // namespace
+
+void write_activations(ReportWriter& w, const ActivationsResult& res, const ActivationsMeta& meta) {
+  w.create_group("/activations");
+  w.set_attr("/activations", "inputs", res.inputs);
+  w.set_attr("/activations", "description", res.description);
+  w.set_attr("/activations", "definition", std::string(kActivationsDefinition));
+  w.set_attr("/activations", "family", meta.family);
+  w.set_attr("/activations", "batch_size", meta.batch_size);
+  w.set_attr("/activations", "max_tokens", meta.max_tokens);
+  if (res.inputs == "data") {
+    w.set_attr("/activations", "split", meta.split);
+    w.set_attr("/activations", "data", meta.data);
+    w.set_attr("/activations", "samples", res.samples);
+  }
+  if (res.inputs == "recorded") w.set_attr("/activations", "activations_file", meta.activations_file);
+  for (const LayerActivations& l : res.layers) {
+    const std::string base = "/activations/" + l.key;
+    const auto E = static_cast<std::size_t>(l.experts);
+    const ActivationOverlap& o = l.overlap;
+    const RoutingStats& r = l.routing;
+    w.write_matrix(base + "/overlap", o.overlap);
+    w.write_matrix(base + "/overlap_sq", o.overlap_sq);
+    w.write_matrix(base + "/pair_tokens", o.pair_tokens);
+    w.write_scalar(base + "/mean_overlap", o.mean_overlap);
+    w.write_scalar(base + "/mso", o.mso);
+    w.write_matrix(base + "/routed_overlap", o.routed_overlap);
+    w.write_matrix(base + "/routed_tokens", o.routed_tokens);
+    w.write_scalar(base + "/routed_mean_overlap", o.routed_mean_overlap);
+    w.write_scalar(base + "/routed_mso", o.routed_mso);
+    w.write_matrix(base + "/source_overlap", o.source_overlap);
+    w.write_scalar(base + "/source_mean_overlap", o.source_mean_overlap);
+    w.write(base + "/mean_norm", o.mean_norm, {E});
+    w.write(base + "/load", r.load, {E});
+    w.write(base + "/importance", r.importance, {E});
+    w.write_scalar(base + "/router_entropy", r.router_entropy);
+    w.write_scalar(base + "/dropped_fraction", r.dropped_fraction);
+    w.write_int(base + "/tokens", {o.tokens}, {});
+    w.set_attr(base, "layer", std::int64_t{l.layer});
+    w.set_attr(base, "prefix", l.prefix);
+    w.set_attr(base, "experts", l.experts);
+    w.set_attr(base, "dim", l.dim);
+    w.set_attr(base, "out_dim", l.out_dim);
+    w.set_attr(base, "routing_source", l.routing_source);
+    w.set_attr(base, "capacity", l.capacity);
+    w.set_attr(base, "top_k", value_or(meta.top_k, l.key, std::int64_t{0}));
+    w.set_attr(base, "expert_function", value_or(meta.expert_function, l.key, std::string()));
+  }
+}
+
+void write_space_comparison(ReportWriter& w, const std::vector<LayerOverlaps>& in, const SpaceComparison& c,
+                            const std::string& weight_source, const std::string& activation_source) {
+  w.create_group("/compare_spaces");
+  w.set_attr("/compare_spaces", "weight_source", weight_source);
+  w.set_attr("/compare_spaces", "activation_source", activation_source);
+  w.set_attr("/compare_spaces", "definition",
+             std::string("per layer, expert pairs i<j: weight overlap (cosine of the flattened expert matrices) vs "
+                         "activation overlap (mean per-token output cosine); Pearson and Spearman with two-sided "
+                         "Student-t p-values; pooled over all layers' pairs; and across layers weight MSO vs "
+                         "activation MSO (NaN where n < 3)"));
+  std::vector<std::string> keys;
+  std::vector<double> wm, am;
+  for (std::size_t i = 0; i < c.layers.size(); ++i) {
+    const LayerSpaceComparison& l = c.layers[i];
+    const std::string base = "/compare_spaces/" + l.key;
+    const auto n = l.weight.size();
+    w.write(base + "/weight_overlap", l.weight, {n});
+    w.write(base + "/activation_overlap", l.activation, {n});
+    w.write_int(base + "/pair_i", std::vector<std::int64_t>(l.pair_i.begin(), l.pair_i.end()), {n});
+    w.write_int(base + "/pair_j", std::vector<std::int64_t>(l.pair_j.begin(), l.pair_j.end()), {n});
+    w.write_scalar(base + "/pearson_r", l.pearson_r);
+    w.write_scalar(base + "/pearson_p", l.pearson_p);
+    w.write_scalar(base + "/spearman_rho", l.spearman_rho);
+    w.write_scalar(base + "/spearman_p", l.spearman_p);
+    w.write_scalar(base + "/weight_mso", in[i].weight_mso);
+    w.write_scalar(base + "/activation_mso", in[i].activation_mso);
+    keys.push_back(l.key);
+    wm.push_back(in[i].weight_mso);
+    am.push_back(in[i].activation_mso);
+  }
+  w.write_strings("/compare_spaces/layers", keys);
+  w.write("/compare_spaces/weight_mso", wm, {wm.size()});
+  w.write("/compare_spaces/activation_mso", am, {am.size()});
+  w.write_int("/compare_spaces/pairs", {c.pairs}, {});
+  w.write_scalar("/compare_spaces/pearson_r", c.pearson_r);
+  w.write_scalar("/compare_spaces/pearson_p", c.pearson_p);
+  w.write_scalar("/compare_spaces/spearman_rho", c.spearman_rho);
+  w.write_scalar("/compare_spaces/spearman_p", c.spearman_p);
+  w.write_scalar("/compare_spaces/layer_mso_pearson_r", c.layer_mso_pearson_r);
+  w.write_scalar("/compare_spaces/layer_mso_pearson_p", c.layer_mso_pearson_p);
+  w.write_scalar("/compare_spaces/layer_mso_spearman_rho", c.layer_mso_spearman_rho);
+  w.write_scalar("/compare_spaces/layer_mso_spearman_p", c.layer_mso_spearman_p);
+}
+
+std::vector<LayerOverlaps> read_overlaps(const ReportReader& act, const ReportReader& geo,
+                                         const std::string& act_file, const std::string& geo_file,
+                                         std::vector<std::string>* unmatched) {
+  if (!act.exists("/activations")) fail_input(act_file, "no /activations group (run `moescope activations`)");
+  if (!geo.exists("/geometry"))
+    fail_input(geo_file, "no /geometry group (run `moescope geometry`, or `activations --geometry`)");
+  std::vector<LayerOverlaps> in;
+  for (const auto& key : act.list("/activations")) {
+    if (!geo.exists("/geometry/" + key + "/overlap")) {
+      if (unmatched) unmatched->push_back(key);
+      continue;
+    }
+    LayerOverlaps l;
+    l.key = key;
+    l.activation_overlap = act.read_matrix("/activations/" + key + "/overlap");
+    l.weight_overlap = geo.read_matrix("/geometry/" + key + "/overlap");
+    if (l.activation_overlap.rows() != l.activation_overlap.cols())
+      fail_input(act_file, "/activations/" + key + "/overlap is not square");
+    if (l.weight_overlap.rows() != l.weight_overlap.cols() || l.weight_overlap.rows() != l.activation_overlap.rows())
+      fail_input(geo_file, key + ": " + std::to_string(l.weight_overlap.rows()) + " experts in the geometry but " +
+                               std::to_string(l.activation_overlap.rows()) + " in " + act_file);
+    l.activation_mso = act.read_scalar("/activations/" + key + "/mso");
+    l.weight_mso = geo.read_scalar("/geometry/" + key + "/mso");
+    in.push_back(std::move(l));
+  }
+  if (in.empty()) fail_input(geo_file, "no /geometry layer matches a layer of " + act_file);
+  return in;
 }
 
 }  // namespace moescope

@@ -1,5 +1,6 @@
 #include "moescope/metrics/activations_torch.hpp"
 
+#include <cmath>
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -15,7 +16,14 @@ namespace moescope {
 namespace {
 
 void say(const ActivationsOptions& o, const std::string& line) {
-  if (o.log) o.log(line);
+  Progress p;
+  p.stage = "activations";
+  p.note = line;
+  report(o.progress, p);
+}
+
+void tokens_done(const ActivationsOptions& o, const std::string& key, std::int64_t done, std::int64_t total) {
+  report(o.progress, make_progress("activations", done, total, "tokens", std::nan(""), "", key, done == total));
 }
 
 // A checkpoint matrix view as a float32 tensor [rows, cols] (or [numel] for a bias).
@@ -251,7 +259,7 @@ std::optional<LayerActivations> recorded_layer(const ExpertBank& b, const Tensor
                      shape_string(pr->shape) + ", expected a float [" + std::to_string(in->shape[0]) + ", " +
                      std::to_string(b.experts) + "] tensor");
   LayerActivationAccumulator st(b, pr ? "recorded" : (b.route ? "router" : "none"));
-  say(opts, "activations: " + b.key + " on " + std::to_string(T) + " recorded tokens");
+  say(opts, b.key + " on " + std::to_string(T) + " recorded tokens");
   const std::int64_t bs = std::max<std::int64_t>(1, opts.batch_size);
   std::vector<float> xb, pb;
   for (std::int64_t at = 0; at < T; at += bs) {
@@ -268,6 +276,7 @@ std::optional<LayerActivations> recorded_layer(const ExpertBank& b, const Tensor
       r = b.route(x);
     }
     st.add(x, r, n);
+    tokens_done(opts, b.key, at + n, T);
   }
   return st.finish();
 }
@@ -282,7 +291,7 @@ ActivationsResult recorded_activations(const std::vector<ExpertBank>& banks, con
   for (const auto& b : banks) {
     auto l = recorded_layer(b, recorded, opts);
     if (l) res.layers.push_back(std::move(*l));
-    else say(opts, "activations: " + b.key + " has no recorded inputs, skipped");
+    else say(opts, b.key + " has no recorded inputs, skipped");
   }
   if (res.layers.empty())
     throw InputError(recorded.path() + ": no tensor <key>.inputs for any MoE layer of the checkpoint");
@@ -301,11 +310,11 @@ std::string random_description(const ActivationsOptions& opts) {
 LayerActivations random_layer(const ExpertBank& b, const ActivationsOptions& opts) {
   const std::int64_t bs = std::max<std::int64_t>(1, opts.batch_size);
   const std::int64_t T = opts.max_tokens > 0 ? opts.max_tokens : opts.random_tokens;
-  if (T < 1) throw InputError("--max-tokens: the random probe needs at least one token");
+  if (T < 1) throw InputError("max_tokens: the random probe needs at least one token");
   LayerActivationAccumulator st(b, b.route ? (b.kind == "model" ? "model" : "router") : "none");
   Rng rng(opts.seed);  // the same stream for every layer: results do not depend on which layers are chosen
   std::vector<double> buf;
-  say(opts, "activations: " + b.key + " on " + std::to_string(T) + " Gaussian tokens");
+  say(opts, b.key + " on " + std::to_string(T) + " Gaussian tokens");
   for (std::int64_t at = 0; at < T; at += bs) {
     const std::int64_t n = std::min(bs, T - at);
     buf.resize(static_cast<std::size_t>(n * b.dim));
@@ -314,6 +323,7 @@ LayerActivations random_layer(const ExpertBank& b, const ActivationsOptions& opt
     TokenRouting r;
     if (b.route) r = b.route(x);
     st.add(x, r, n);
+    tokens_done(opts, b.key, at + n, T);
   }
   return st.finish();
 }

@@ -8,6 +8,7 @@
 
 #include <Eigen/Dense>
 
+#include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/multiversion.hpp"
 
@@ -181,6 +182,55 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   g.param_variance_normalized = (static_cast<double>(E) - g.overlap.sum() / static_cast<double>(E)) /
                                 (static_cast<double>(E - 1) * D);
   return g;
+}
+
+CheckpointGeometry checkpoint_geometry(const TensorSource& src, const std::string& family,
+                                       const std::vector<const MoELayerLayout*>& layers, const GeometryOptions& opts,
+                                       const ProgressFn& progress) {
+  CheckpointGeometry out;
+  out.family = family;
+  const auto total = static_cast<std::int64_t>(layers.size());
+  for (const MoELayerLayout* l : layers) {
+    out.layers.push_back(expert_geometry(src, *l, opts));
+    out.prefixes.push_back(l->prefix);
+    const auto done = static_cast<std::int64_t>(out.layers.size());
+    report(progress, make_progress("geometry", done, total, "layers", out.layers.back().mso, "mso", l->key, done == total));
+  }
+  return out;
+}
+
+void write_geometry_group(ReportWriter& w, const std::string& family) {
+  w.create_group("/geometry");
+  w.set_attr("/geometry", "family", family);
+  w.set_attr("/geometry", "definition",
+             std::string("v_e = chosen matrices of expert e flattened row-major and concatenated; u_e = v_e/|v_e|; "
+                         "overlap = <u_i,u_j>; mso = mean over i!=j of overlap^2 (arXiv:2601.00457); "
+                         "param_variance = mean over coordinates of the unbiased variance across experts "
+                         "(arXiv:2310.09762), also on u_e"));
+}
+
+void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix) {
+  const std::string base = "/geometry/" + g.key;
+  const auto E = static_cast<std::size_t>(g.experts);
+  w.write_scalar(base + "/mso", g.mso);
+  w.write_matrix(base + "/overlap", g.overlap);
+  w.write_matrix(base + "/gram", g.gram);
+  w.write(base + "/norms", g.norms, {E});
+  w.write_scalar(base + "/param_variance", g.param_variance);
+  w.write_scalar(base + "/param_variance_normalized", g.param_variance_normalized);
+  w.write_scalar(base + "/mean_norm", g.mean_norm);
+  std::string roles;
+  for (const auto& r : g.roles) roles += (roles.empty() ? "" : ",") + r;
+  w.set_attr(base, "matrices", roles);
+  w.set_attr(base, "layer", std::int64_t{g.layer});
+  w.set_attr(base, "experts", std::int64_t{g.experts});
+  w.set_attr(base, "dim", g.dim);
+  w.set_attr(base, "prefix", prefix);
+}
+
+void write_geometry(ReportWriter& w, const CheckpointGeometry& g) {
+  write_geometry_group(w, g.family);
+  for (std::size_t i = 0; i < g.layers.size(); ++i) write_layer_geometry(w, g.layers[i], g.prefixes[i]);
 }
 
 }  // namespace moescope

@@ -2,7 +2,8 @@
 
 #include <stdexcept>
 
-#include "json_fields.hpp"
+#include "moescope/util/error.hpp"
+#include "moescope/util/json.hpp"
 
 namespace moescope {
 
@@ -73,33 +74,61 @@ void to_json(nlohmann::json& j, const ClassifierOptions& o) {
                      {"dropout", o.dropout()},
                      {"activation", activation_name(o.activation())},
                      {"expert_kind", ffn_kind_name(o.expert_kind())}};
+  if (!o.input_mean().empty()) {
+    j["input_mean"] = o.input_mean();
+    j["input_std"] = o.input_std();
+  }
 }
 
 void from_json(const nlohmann::json& j, ClassifierOptions& o) {
   const char* what = "classifier config";
-  detail::check_fields(j, what, "classifier",
+  json_fields::check(j, what, "classifier",
                        {"backbone", "head", "in_channels", "image_size", "num_classes", "backbone_widths",
                         "resnet_width", "batch_norm", "head_hidden", "experts", "top_k", "slots", "noisy",
-                        "capacity_factor", "temperature", "renormalize", "dropout", "activation", "expert_kind"});
-  detail::read_enum(j, what, "backbone", o.backbone(), parse_backbone_kind);
-  detail::read_enum(j, what, "head", o.head(), parse_head_kind);
-  detail::read_field(j, what, "in_channels", o.in_channels());
-  detail::read_field(j, what, "image_size", o.image_size());
-  detail::read_field(j, what, "num_classes", o.num_classes());
-  detail::read_field(j, what, "backbone_widths", o.backbone_widths());
-  detail::read_field(j, what, "resnet_width", o.resnet_width());
-  detail::read_field(j, what, "batch_norm", o.batch_norm());
-  detail::read_field(j, what, "head_hidden", o.head_hidden());
-  detail::read_field(j, what, "experts", o.experts());
-  detail::read_field(j, what, "top_k", o.top_k());
-  detail::read_field(j, what, "slots", o.slots());
-  detail::read_field(j, what, "noisy", o.noisy());
-  detail::read_field(j, what, "capacity_factor", o.capacity_factor());
-  detail::read_field(j, what, "temperature", o.temperature());
-  detail::read_field(j, what, "renormalize", o.renormalize());
-  detail::read_field(j, what, "dropout", o.dropout());
-  detail::read_enum(j, what, "activation", o.activation(), parse_activation);
-  detail::read_enum(j, what, "expert_kind", o.expert_kind(), parse_ffn_kind);
+                        "capacity_factor", "temperature", "renormalize", "dropout", "activation", "expert_kind",
+                        "input_mean", "input_std"});
+  json_fields::read_enum(j, what, "backbone", o.backbone(), parse_backbone_kind);
+  json_fields::read_enum(j, what, "head", o.head(), parse_head_kind);
+  json_fields::read(j, what, "in_channels", o.in_channels());
+  json_fields::read(j, what, "image_size", o.image_size());
+  json_fields::read(j, what, "num_classes", o.num_classes());
+  json_fields::read(j, what, "backbone_widths", o.backbone_widths());
+  json_fields::read(j, what, "resnet_width", o.resnet_width());
+  json_fields::read(j, what, "batch_norm", o.batch_norm());
+  json_fields::read(j, what, "head_hidden", o.head_hidden());
+  json_fields::read(j, what, "experts", o.experts());
+  json_fields::read(j, what, "top_k", o.top_k());
+  json_fields::read(j, what, "slots", o.slots());
+  json_fields::read(j, what, "noisy", o.noisy());
+  json_fields::read(j, what, "capacity_factor", o.capacity_factor());
+  json_fields::read(j, what, "temperature", o.temperature());
+  json_fields::read(j, what, "renormalize", o.renormalize());
+  json_fields::read(j, what, "dropout", o.dropout());
+  json_fields::read_enum(j, what, "activation", o.activation(), parse_activation);
+  json_fields::read_enum(j, what, "expert_kind", o.expert_kind(), parse_ffn_kind);
+  json_fields::read(j, what, "input_mean", o.input_mean());
+  json_fields::read(j, what, "input_std", o.input_std());
+  const auto need = [&](bool ok, const std::string& field, const std::string& rule) {
+    if (!ok) throw InputError(std::string(what) + ": field '" + field + "' " + rule);
+  };
+  need(o.in_channels() > 0, "in_channels", "must be positive");
+  need(o.image_size() > 0, "image_size", "must be positive");
+  need(o.num_classes() > 0, "num_classes", "must be positive");
+  need(o.head_hidden() > 0, "head_hidden", "must be positive");
+  if (o.head() != HeadKind::Dense) {
+    need(o.experts() >= 2, "experts", "must be at least 2 for an MoE head, got " + std::to_string(o.experts()));
+    if (o.head() == HeadKind::Sparse)
+      need(o.top_k() >= 1 && o.top_k() <= o.experts(), "top_k",
+           "must be between 1 and experts (" + std::to_string(o.experts()) + "), got " + std::to_string(o.top_k()));
+    if (o.head() == HeadKind::Soft) need(o.slots() >= 1, "slots", "must be at least 1");
+  }
+  need(o.dropout() >= 0.0 && o.dropout() < 1.0, "dropout", "must be in [0, 1)");
+  need(o.capacity_factor() >= 0.0, "capacity_factor", "must be >= 0 (0: no capacity limit)");
+  need(o.temperature() > 0.0, "temperature", "must be positive");
+  need(o.input_mean().size() == o.input_std().size(), "input_std", "must have as many entries as input_mean");
+  need(o.input_mean().empty() || static_cast<std::int64_t>(o.input_mean().size()) == o.in_channels(), "input_mean",
+       "must have one entry per input channel (" + std::to_string(o.in_channels()) + ")");
+  for (double s : o.input_std()) need(s > 0.0, "input_std", "entries must be positive");
 }
 
 ClassifierImpl::ClassifierImpl(ClassifierOptions options_) : options(std::move(options_)) { reset(); }
@@ -133,6 +162,16 @@ void ClassifierImpl::reset() {
     }
   }
   register_module("backbone", backbone.ptr());
+  input_mean = torch::Tensor();
+  input_std = torch::Tensor();
+  if (!o.input_mean().empty()) {
+    TORCH_CHECK(static_cast<std::int64_t>(o.input_mean().size()) == o.in_channels() &&
+                    o.input_std().size() == o.input_mean().size(),
+                "Classifier: input_mean and input_std need one entry per input channel");
+    const auto c = o.in_channels();
+    input_mean = register_buffer("input_mean", torch::tensor(o.input_mean(), torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1}));
+    input_std = register_buffer("input_std", torch::tensor(o.input_std(), torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1}));
+  }
 
   const std::int64_t F = feature_dim_, C = o.num_classes();
   dense_head = nullptr;
@@ -184,7 +223,10 @@ void ClassifierImpl::reset() {
   }
 }
 
-torch::Tensor ClassifierImpl::features(const torch::Tensor& x) { return backbone.forward(x); }
+torch::Tensor ClassifierImpl::features(const torch::Tensor& x) {
+  if (input_mean.defined() && x.dim() == 4) return backbone.forward((x - input_mean) / input_std);
+  return backbone.forward(x);
+}
 
 ClassifierOutput ClassifierImpl::forward_with_routing(const torch::Tensor& x) {
   const auto f = features(x);

@@ -3,7 +3,8 @@
 #include <cmath>
 #include <limits>
 
-#include "json_fields.hpp"
+#include "moescope/util/error.hpp"
+#include "moescope/util/json.hpp"
 
 namespace moescope {
 
@@ -32,29 +33,48 @@ void to_json(nlohmann::json& j, const LMOptions& o) {
 
 void from_json(const nlohmann::json& j, LMOptions& o) {
   const char* what = "lm config";
-  detail::check_fields(j, what, "lm",
+  json_fields::check(j, what, "lm",
                        {"vocab_size", "context", "dim", "layers", "heads", "ffn_hidden", "moe_every", "experts",
                         "top_k", "expert_hidden", "noisy", "capacity_factor", "renormalize", "ffn_kind",
                         "activation", "dropout", "tie_embeddings", "bias", "keep_expert_outputs"});
-  detail::read_field(j, what, "vocab_size", o.vocab_size());
-  detail::read_field(j, what, "context", o.context());
-  detail::read_field(j, what, "dim", o.dim());
-  detail::read_field(j, what, "layers", o.layers());
-  detail::read_field(j, what, "heads", o.heads());
-  detail::read_field(j, what, "ffn_hidden", o.ffn_hidden());
-  detail::read_field(j, what, "moe_every", o.moe_every());
-  detail::read_field(j, what, "experts", o.experts());
-  detail::read_field(j, what, "top_k", o.top_k());
-  detail::read_field(j, what, "expert_hidden", o.expert_hidden());
-  detail::read_field(j, what, "noisy", o.noisy());
-  detail::read_field(j, what, "capacity_factor", o.capacity_factor());
-  detail::read_field(j, what, "renormalize", o.renormalize());
-  detail::read_enum(j, what, "ffn_kind", o.ffn_kind(), parse_ffn_kind);
-  detail::read_enum(j, what, "activation", o.activation(), parse_activation);
-  detail::read_field(j, what, "dropout", o.dropout());
-  detail::read_field(j, what, "tie_embeddings", o.tie_embeddings());
-  detail::read_field(j, what, "bias", o.bias());
-  detail::read_field(j, what, "keep_expert_outputs", o.keep_expert_outputs());
+  json_fields::read(j, what, "vocab_size", o.vocab_size());
+  json_fields::read(j, what, "context", o.context());
+  json_fields::read(j, what, "dim", o.dim());
+  json_fields::read(j, what, "layers", o.layers());
+  json_fields::read(j, what, "heads", o.heads());
+  json_fields::read(j, what, "ffn_hidden", o.ffn_hidden());
+  json_fields::read(j, what, "moe_every", o.moe_every());
+  json_fields::read(j, what, "experts", o.experts());
+  json_fields::read(j, what, "top_k", o.top_k());
+  json_fields::read(j, what, "expert_hidden", o.expert_hidden());
+  json_fields::read(j, what, "noisy", o.noisy());
+  json_fields::read(j, what, "capacity_factor", o.capacity_factor());
+  json_fields::read(j, what, "renormalize", o.renormalize());
+  json_fields::read_enum(j, what, "ffn_kind", o.ffn_kind(), parse_ffn_kind);
+  json_fields::read_enum(j, what, "activation", o.activation(), parse_activation);
+  json_fields::read(j, what, "dropout", o.dropout());
+  json_fields::read(j, what, "tie_embeddings", o.tie_embeddings());
+  json_fields::read(j, what, "bias", o.bias());
+  json_fields::read(j, what, "keep_expert_outputs", o.keep_expert_outputs());
+  const auto need = [&](bool ok, const std::string& field, const std::string& rule) {
+    if (!ok) throw InputError(std::string(what) + ": field '" + field + "' " + rule);
+  };
+  need(o.vocab_size() > 0, "vocab_size", "must be positive");
+  need(o.context() > 0, "context", "must be positive");
+  need(o.layers() > 0, "layers", "must be positive");
+  need(o.heads() > 0, "heads", "must be positive");
+  need(o.dim() > 0 && o.dim() % o.heads() == 0, "dim",
+       "must be a positive multiple of heads (" + std::to_string(o.heads()) + "), got " + std::to_string(o.dim()));
+  need(o.ffn_hidden() > 0, "ffn_hidden", "must be positive");
+  need(o.moe_every() >= 0, "moe_every", "must be >= 0 (0: no MoE blocks)");
+  if (o.moe_every() > 0) {
+    need(o.experts() >= 2, "experts", "must be at least 2, got " + std::to_string(o.experts()));
+    need(o.top_k() >= 1 && o.top_k() <= o.experts(), "top_k",
+         "must be between 1 and experts (" + std::to_string(o.experts()) + "), got " + std::to_string(o.top_k()));
+  }
+  need(o.expert_hidden() >= 0, "expert_hidden", "must be >= 0 (0: ffn_hidden)");
+  need(o.dropout() >= 0.0 && o.dropout() < 1.0, "dropout", "must be in [0, 1)");
+  need(o.capacity_factor() >= 0.0, "capacity_factor", "must be >= 0 (0: no capacity limit)");
 }
 
 // ------------------------------------------------------------------------------------------------ attention

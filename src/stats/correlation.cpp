@@ -9,6 +9,8 @@
 
 #include <unsupported/Eigen/SpecialFunctions>
 
+#include "moescope/io/report.hpp"
+#include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
 
 namespace moescope {
@@ -27,19 +29,25 @@ double pearson_r(const std::vector<double>& x, const std::vector<double>& y) {
   return std::clamp(sxy / std::sqrt(sxx * syy), -1.0, 1.0);
 }
 
-void check(const std::vector<double>& x, const std::vector<double>& y) {
+void check(const std::vector<double>& x, const std::vector<double>& y, const BootstrapOptions& b) {
   if (x.size() != y.size())
-    throw std::invalid_argument("correlation: " + std::to_string(x.size()) + " x values but " + std::to_string(y.size()) + " y values");
-  if (x.size() < 3) throw std::invalid_argument("correlation: need at least 3 pairs, got " + std::to_string(x.size()));
+    invalid_argument("correlation", std::to_string(x.size()) + " x values but " + std::to_string(y.size()) + " y values");
+  if (x.size() < 3) invalid_argument("correlation", "need at least 3 pairs, got " + std::to_string(x.size()));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) invalid_argument("correlation", "x[" + std::to_string(i) + "] is " + to_text(x[i]));
+    if (!std::isfinite(y[i])) invalid_argument("correlation", "y[" + std::to_string(i) + "] is " + to_text(y[i]));
+  }
+  if (b.resamples < 0) invalid_argument("correlation", "bootstrap resamples must be >= 0, got " + std::to_string(b.resamples));
+  if (!(b.level > 0.0 && b.level < 1.0)) invalid_argument("correlation", "interval level must be in (0, 1), got " + to_text(b.level));
 }
 
 template <typename Stat>
 Correlation correlate(const std::vector<double>& x, const std::vector<double>& y, const BootstrapOptions& b, Stat stat) {
-  check(x, y);
+  check(x, y, b);
   Correlation c;
   c.n = static_cast<std::int64_t>(x.size());
   c.r = stat(x, y);
-  if (std::isnan(c.r)) throw std::invalid_argument("correlation: a variable is constant");
+  if (std::isnan(c.r)) invalid_argument("correlation", "a variable is constant (all its values are equal)");
   const double df = static_cast<double>(c.n - 2);
   c.p = std::abs(c.r) >= 1.0 ? 0.0 : student_t_two_sided_p(c.r * std::sqrt(df / (1.0 - c.r * c.r)), df);
   c.ci_low = c.ci_high = std::numeric_limits<double>::quiet_NaN();
@@ -48,7 +56,7 @@ Correlation correlate(const std::vector<double>& x, const std::vector<double>& y
     std::vector<double> rs, xs(x.size()), ys(y.size());
     for (std::int64_t k = 0; k < b.resamples; ++k) {
       for (std::size_t i = 0; i < x.size(); ++i) {
-        const auto j = static_cast<std::size_t>(rng.uniform() * static_cast<double>(x.size()));
+        const auto j = static_cast<std::size_t>(rng.below(x.size()));
         xs[i] = x[j], ys[i] = y[j];
       }
       const double r = stat(xs, ys);
@@ -72,7 +80,7 @@ Correlation correlate(const std::vector<double>& x, const std::vector<double>& y
 }  // namespace
 
 double student_t_two_sided_p(double t, double df) {
-  if (!(df > 0)) throw std::invalid_argument("student_t_two_sided_p: df = " + std::to_string(df));
+  if (!(df > 0)) invalid_argument("student_t_two_sided_p", "df must be positive, got " + to_text(df));
   const double x = df / (df + t * t);
   return Eigen::numext::betainc(df / 2.0, 0.5, x);
 }
@@ -100,6 +108,39 @@ Correlation spearman(const std::vector<double>& x, const std::vector<double>& y,
   return correlate(x, y, b, [](const std::vector<double>& a, const std::vector<double>& c) {
     return pearson_r(average_ranks(a), average_ranks(c));
   });
+}
+
+CorrelationReport correlate(std::vector<double> x, std::vector<double> y, std::string x_name, std::string y_name,
+                            const BootstrapOptions& b) {
+  CorrelationReport r;
+  r.pearson = pearson(x, y, b);
+  r.spearman = spearman(x, y, b);
+  r.x = std::move(x);
+  r.y = std::move(y);
+  r.x_name = std::move(x_name);
+  r.y_name = std::move(y_name);
+  r.bootstrap = b;
+  return r;
+}
+
+void write_correlation(ReportWriter& w, const CorrelationReport& c, const std::string& group) {
+  const auto n = c.x.size();
+  w.write(group + "/x", c.x, {n});
+  w.write(group + "/y", c.y, {n});
+  w.write_scalar(group + "/pearson_r", c.pearson.r);
+  w.write_scalar(group + "/pearson_p", c.pearson.p);
+  w.write_scalar(group + "/spearman_rho", c.spearman.r);
+  w.write_scalar(group + "/spearman_p", c.spearman.p);
+  w.write_scalar(group + "/ci_low", c.pearson.ci_low);
+  w.write_scalar(group + "/ci_high", c.pearson.ci_high);
+  w.write_scalar(group + "/spearman_ci_low", c.spearman.ci_low);
+  w.write_scalar(group + "/spearman_ci_high", c.spearman.ci_high);
+  w.set_attr(group, "x_path", c.x_name);
+  w.set_attr(group, "y_path", c.y_name);
+  w.set_attr(group, "n", static_cast<std::int64_t>(n));
+  w.set_attr(group, "p_value", std::string("two-sided, Student t with n-2 df (as scipy.stats)"));
+  w.set_attr(group, "ci", "percentile bootstrap, " + std::to_string(c.bootstrap.resamples) + " resamples, level " +
+                              to_text(c.bootstrap.level) + ", seed " + std::to_string(c.bootstrap.seed));
 }
 
 }  // namespace moescope

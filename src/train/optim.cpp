@@ -11,7 +11,7 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 
-#include "../model/json_fields.hpp"
+#include "moescope/util/json.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/util/error.hpp"
 
@@ -57,10 +57,10 @@ void to_json(nlohmann::json& j, const OMoEOptions& o) {
 }
 
 void from_json(const nlohmann::json& j, OMoEOptions& o) {
-  detail::check_fields(j, kOMoEWhat, "omoe", {"enabled", "skip", "alpha"});
-  detail::read_field(j, kOMoEWhat, "enabled", o.enabled);
-  detail::read_field(j, kOMoEWhat, "skip", o.skip);
-  detail::read_field(j, kOMoEWhat, "alpha", o.alpha);
+  json_fields::check(j, kOMoEWhat, "omoe", {"enabled", "skip", "alpha"});
+  json_fields::read(j, kOMoEWhat, "enabled", o.enabled);
+  json_fields::read(j, kOMoEWhat, "skip", o.skip);
+  json_fields::read(j, kOMoEWhat, "alpha", o.alpha);
   validate_omoe(o);
 }
 
@@ -83,24 +83,24 @@ void to_json(nlohmann::json& j, const OptimConfig& c) {
 }
 
 void from_json(const nlohmann::json& j, OptimConfig& c) {
-  detail::check_fields(j, kOptimWhat, "optim",
+  json_fields::check(j, kOptimWhat, "optim",
                        {"name", "lr", "weight_decay", "momentum", "nesterov", "beta1", "beta2", "eps", "schedule",
                         "warmup_steps", "min_lr", "milestones", "gamma", "clip_norm", "omoe"});
-  detail::read_field(j, kOptimWhat, "name", c.name);
-  detail::read_field(j, kOptimWhat, "lr", c.lr);
-  detail::read_field(j, kOptimWhat, "weight_decay", c.weight_decay);
-  detail::read_field(j, kOptimWhat, "momentum", c.momentum);
-  detail::read_field(j, kOptimWhat, "nesterov", c.nesterov);
-  detail::read_field(j, kOptimWhat, "beta1", c.beta1);
-  detail::read_field(j, kOptimWhat, "beta2", c.beta2);
-  detail::read_field(j, kOptimWhat, "eps", c.eps);
-  detail::read_field(j, kOptimWhat, "schedule", c.schedule);
-  detail::read_field(j, kOptimWhat, "warmup_steps", c.warmup_steps);
-  detail::read_field(j, kOptimWhat, "min_lr", c.min_lr);
-  detail::read_field(j, kOptimWhat, "milestones", c.milestones);
-  detail::read_field(j, kOptimWhat, "gamma", c.gamma);
-  detail::read_field(j, kOptimWhat, "clip_norm", c.clip_norm);
-  detail::read_field(j, kOptimWhat, "omoe", c.omoe);  // its from_json throws InputError itself
+  json_fields::read(j, kOptimWhat, "name", c.name);
+  json_fields::read(j, kOptimWhat, "lr", c.lr);
+  json_fields::read(j, kOptimWhat, "weight_decay", c.weight_decay);
+  json_fields::read(j, kOptimWhat, "momentum", c.momentum);
+  json_fields::read(j, kOptimWhat, "nesterov", c.nesterov);
+  json_fields::read(j, kOptimWhat, "beta1", c.beta1);
+  json_fields::read(j, kOptimWhat, "beta2", c.beta2);
+  json_fields::read(j, kOptimWhat, "eps", c.eps);
+  json_fields::read(j, kOptimWhat, "schedule", c.schedule);
+  json_fields::read(j, kOptimWhat, "warmup_steps", c.warmup_steps);
+  json_fields::read(j, kOptimWhat, "min_lr", c.min_lr);
+  json_fields::read(j, kOptimWhat, "milestones", c.milestones);
+  json_fields::read(j, kOptimWhat, "gamma", c.gamma);
+  json_fields::read(j, kOptimWhat, "clip_norm", c.clip_norm);
+  json_fields::read(j, kOptimWhat, "omoe", c.omoe);  // its from_json throws InputError itself
   validate(c);
 }
 

@@ -2,20 +2,21 @@
 // schedules and clipping, OMoE, atomic resumable checkpoints and an HDF5 log.
 #include "moescope/train/trainer.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <regex>
 
-#include "../model/json_fields.hpp"
 #include "moescope/data/split.hpp"
+#include "moescope/io/run.hpp"
 #include "moescope/io/safetensors.hpp"
+#include "moescope/io/weights_torch.hpp"
 #include "moescope/model/moe.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/json.hpp"
 #include "moescope/util/random.hpp"
 #include "moescope/version.hpp"
 
@@ -47,29 +48,29 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
 
 void from_json(const nlohmann::json& j, TrainConfig& c) {
   const char* what = "train config";
-  detail::check_fields(j, what, "train",
+  json_fields::check(j, what, "train",
                        {"steps", "epochs", "batch_size", "eval_every", "checkpoint_every", "log_every",
                         "eval_batch_size", "regularisers", "optim"});
-  detail::read_field(j, what, "steps", c.steps);
-  detail::read_field(j, what, "epochs", c.epochs);
-  detail::read_field(j, what, "batch_size", c.batch_size);
-  detail::read_field(j, what, "eval_every", c.eval_every);
-  detail::read_field(j, what, "checkpoint_every", c.checkpoint_every);
-  detail::read_field(j, what, "log_every", c.log_every);
-  detail::read_field(j, what, "eval_batch_size", c.eval_batch_size);
+  json_fields::read(j, what, "steps", c.steps);
+  json_fields::read(j, what, "epochs", c.epochs);
+  json_fields::read(j, what, "batch_size", c.batch_size);
+  json_fields::read(j, what, "eval_every", c.eval_every);
+  json_fields::read(j, what, "checkpoint_every", c.checkpoint_every);
+  json_fields::read(j, what, "log_every", c.log_every);
+  json_fields::read(j, what, "eval_batch_size", c.eval_batch_size);
   if (const auto it = j.find("regularisers"); it != j.end()) {
     const char* rw = "train config: regularisers";
-    detail::check_fields(*it, rw, "regularisers",
+    json_fields::check(*it, rw, "regularisers",
                          {"load_balance", "z_loss", "weight_orth", "guo_orth", "guo_var", "cv_importance",
                           "weight_orth_param"});
     auto& r = c.regularisers;
-    detail::read_field(*it, rw, "load_balance", r.load_balance);
-    detail::read_field(*it, rw, "z_loss", r.z_loss);
-    detail::read_field(*it, rw, "weight_orth", r.weight_orth);
-    detail::read_field(*it, rw, "guo_orth", r.guo_orth);
-    detail::read_field(*it, rw, "guo_var", r.guo_var);
-    detail::read_field(*it, rw, "cv_importance", r.cv_importance);
-    detail::read_field(*it, rw, "weight_orth_param", c.weight_orth_param);
+    json_fields::read(*it, rw, "load_balance", r.load_balance);
+    json_fields::read(*it, rw, "z_loss", r.z_loss);
+    json_fields::read(*it, rw, "weight_orth", r.weight_orth);
+    json_fields::read(*it, rw, "guo_orth", r.guo_orth);
+    json_fields::read(*it, rw, "guo_var", r.guo_var);
+    json_fields::read(*it, rw, "cv_importance", r.cv_importance);
+    json_fields::read(*it, rw, "weight_orth_param", c.weight_orth_param);
   }
   if (const auto it = j.find("optim"); it != j.end()) from_json(*it, c.optim);
   if (c.steps < 0 || c.epochs < 0 || (c.steps == 0 && c.epochs == 0)) {
@@ -88,17 +89,31 @@ void to_json(nlohmann::json& j, const RunConfig& c) {
 
 void from_json(const nlohmann::json& j, RunConfig& c) {
   const char* what = "run config";
-  detail::check_fields(j, what, "run", {"name", "seed", "out_dir", "model", "data", "train"});
-  detail::read_field(j, what, "name", c.name);
-  detail::read_field(j, what, "seed", c.seed);
-  detail::read_field(j, what, "out_dir", c.out_dir);
-  if (const auto it = j.find("model"); it != j.end()) c.model = *it;
+  json_fields::check(j, what, "run", {"name", "seed", "out_dir", "model", "data", "train"});
+  json_fields::read(j, what, "name", c.name);
+  json_fields::read(j, what, "seed", c.seed);
+  json_fields::read(j, what, "out_dir", c.out_dir);
+  if (const auto it = j.find("model"); it != j.end()) {
+    c.model = *it;
+    check_model_config(c.model);  // unknown fields, wrong types and impossible values, named, before any training
+  }
   if (const auto it = j.find("data"); it != j.end()) from_json(*it, c.data);
   if (const auto it = j.find("train"); it != j.end()) from_json(*it, c.train);
   static const std::regex kName("[A-Za-z0-9._+-]+");
   if (!std::regex_match(c.name, kName) || c.name == "." || c.name == "..") {
     throw InputError("run config: name '" + c.name + "' must be letters, digits, '.', '_', '+' or '-'");
   }
+}
+
+nlohmann::json merge_run_config(nlohmann::json base, const nlohmann::json& file) {
+  for (const auto& item : file.items()) {
+    if (item.key() == "train" && item.value().is_object() && base.contains("train")) {
+      base["train"].merge_patch(item.value());
+    } else {
+      base[item.key()] = item.value();
+    }
+  }
+  return base;
 }
 
 RunConfig default_run_config() {
@@ -122,7 +137,7 @@ RunConfig default_run_config() {
   return c;
 }
 
-nlohmann::json fit_model_to_data(const nlohmann::json& model, const TaskData& data) {
+nlohmann::json fit_model_to_data(const nlohmann::json& model, const Dataset& data) {
   nlohmann::json m = model;
   if (!m.is_object()) throw InputError("model config: expected a JSON object");
   auto set = [&](const char* key, std::int64_t value) {
@@ -144,6 +159,12 @@ nlohmann::json fit_model_to_data(const nlohmann::json& model, const TaskData& da
       if (data.input_shape[1] != data.input_shape[2]) throw InputError("model config: images must be square");
       set("in_channels", data.input_shape[0]);
       set("image_size", data.input_shape[1]);
+      // The standardisation the model applies, fitted to this run's train split and kept in its config.
+      if (!m.contains("input_mean") && data.train.size() > 0) {
+        const ChannelStatistics s = channel_statistics(data.train.inputs);
+        m["input_mean"] = s.mean;
+        m["input_std"] = s.stddev;
+      }
     } else {
       if (m.value("backbone", std::string("resnet18")) != "mlp") {
         throw InputError("model config: vector data (" + data.spec.name + ") needs the mlp backbone");
@@ -284,12 +305,10 @@ void keep_expert_outputs(const std::vector<MoELayerRef>& layers) {
   }
 }
 
-std::string format_duration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
-  const auto s = static_cast<std::int64_t>(seconds + 0.5);
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
-                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+/// A number with `digits` decimals, for progress details.
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
   return buf;
 }
 
@@ -305,9 +324,9 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
   StepTimes times;
 
   // Data and model.
-  TaskData loaded;
-  if (options.data == nullptr) loaded = load_task_data(config_in.data);
-  const TaskData& data = options.data != nullptr ? *options.data : loaded;
+  Dataset loaded;
+  if (options.data == nullptr) loaded = load_dataset(config_in.data);
+  const Dataset& data = options.data != nullptr ? *options.data : loaded;
   times.data += seconds_since(t_start);
   RunConfig config = config_in;
   config.model = fit_model_to_data(config.model, data);
@@ -384,7 +403,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
       }
       const nlohmann::json state = read_json_file((last / "state.json").string(), "the checkpoint state");
       start = state.at("step").get<std::int64_t>();
-      load_weights(model, (last / "model.safetensors").string());
+      load_module_weights(model.module(), (last / "model.safetensors").string());
       load_optimizer(*optimizer, (last / "optimizer.pt").string());
       if (omoe) omoe->load_state(load_tensor_map(last / "omoe.safetensors"));
       if (fs::exists(log_path)) {
@@ -392,7 +411,8 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
         log.truncate(start);
       }
       result.last_checkpoint = last.string();
-      spdlog::info("train {}: resuming at step {} of {} from {}", config.name, start, total_steps, last.string());
+      report(options.progress, make_progress("train", start, total_steps, "steps", std::nan(""), "", "", false,
+                                        "resuming at step " + std::to_string(start) + " from " + last.string()));
     }
   } else if (fs::exists(run_dir / "config.json") && !latest_step_dir(run_dir.string(), "state.json").empty()) {
     fail_input(run_dir.string(), "already holds a run; use --resume to continue it or choose another name");
@@ -406,7 +426,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     const fs::path tmp = final_dir.string() + ".tmp";
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    save_weights(model, (tmp / "model.safetensors").string(),
+    save_module_weights(model.module(), (tmp / "model.safetensors").string(),
                  {{"moescope_run", config.name}, {"step", std::to_string(steps_done)}});
     write_text_atomic(tmp / "config.json", config_json.dump(2) + "\n");
     save_optimizer(*optimizer, (tmp / "optimizer.pt").string());
@@ -441,8 +461,6 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
   model.module().train();
   std::vector<std::int64_t> order;
   std::int64_t order_epoch = -1;
-  const auto t_loop = Clock::now();
-  auto t_progress = Clock::now();
   std::int64_t step = start;
   const std::int64_t stop = options.stop_after > 0 ? std::min(total_steps, start + options.stop_after) : total_steps;
   for (; step < stop; ++step) {
@@ -492,7 +510,9 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
         }
       }
     } else {
-      spdlog::warn("train {}: step {}: gradient norm is {}, step skipped", config.name, step, grad_norm);
+      report(options.progress, make_progress("train", step, total_steps, "steps", std::nan(""), "", "", false,
+                                        "step " + std::to_string(step) + " skipped: the gradient norm is " +
+                                            to_text(grad_norm)));
     }
     for (auto& p : probes) p->clear();
     times.optimiser += seconds_since(t0);
@@ -525,16 +545,15 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     }
     if (tc.eval_every > 0 && done % tc.eval_every == 0 && done != total_steps) {
       const EvalResult v = validate_now(done);
-      spdlog::info("train {}: step {} validation loss {:.4f} accuracy {:.4f}", config.name, done, v.loss, v.accuracy);
+      report(options.progress, make_progress("train", done, total_steps, "steps", v.loss, "valid loss",
+                                        "valid acc " + fixed(v.accuracy, 4), false, ""));
     }
     if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done != total_steps) checkpoint(done);
-    if (options.progress_seconds >= 0 && seconds_since(t_progress) >= options.progress_seconds) {
-      const double rate = static_cast<double>(done - start) / seconds_since(t_loop);
-      spdlog::info("train {}: step {}/{} loss {:.4f} acc {:.3f} lr {:.3g} | {:.0f} samples/s | ETA {}", config.name,
-                   done, total_steps, r.loss.item<double>(),
-                   static_cast<double>(r.correct) / static_cast<double>(r.count), lr, rate * batch,
-                   format_duration(static_cast<double>(total_steps - done) / rate));
-      t_progress = Clock::now();
+    if (options.progress && (step % tc.log_every == 0 || done == stop)) {
+      report(options.progress, make_progress("train", done, total_steps, "steps", log.loss.empty() ? std::nan("") : log.loss.back(),
+                                        "loss", "acc " + fixed(log.batch_acc.empty() ? 0.0 : log.batch_acc.back(), 3) +
+                                            " lr " + to_text(lr),
+                                        false, ""));
     }
   }
 
@@ -550,11 +569,8 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     times.eval += seconds_since(t0);
   }
   if (step > start || result.finished) checkpoint(step);
-  if (result.finished) {
-    spdlog::info("train {}: done, {} steps; validation loss {:.4f} accuracy {:.4f}; test loss {:.4f} accuracy {:.4f}",
-                 config.name, step, result.valid.loss, result.valid.accuracy, result.test.loss,
-                 result.test.accuracy);
-  }
+  report(options.progress, make_progress("train", step, total_steps, "steps", result.finished ? result.valid.loss : std::nan(""),
+                                    result.finished ? "valid loss" : "", "", true, ""));
   result.times = times;
   return result;
 }

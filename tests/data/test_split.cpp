@@ -10,60 +10,11 @@
 #include <vector>
 
 #include "data/helpers.hpp"
-#include "moescope/data/random.hpp"
 
 namespace moescope {
 namespace {
 
 using testing::expect_input_error;
-
-TEST(SplitMix64, MatchesTheReferenceSequence) {
-  // first outputs of Vigna's splitmix64.c with x = 0
-  SplitMix64 g(0);
-  EXPECT_EQ(g.next(), 0xe220a8397b1dcdafULL);
-  EXPECT_EQ(g.next(), 0x6e789e6aa1b965f4ULL);
-  EXPECT_EQ(g.next(), 0x06c45d188009454fULL);
-}
-
-TEST(SplitMix64, BelowStaysInRangeAndCoversIt) {
-  SplitMix64 g(42);
-  std::vector<int> count(7, 0);
-  const int draws = 70000;
-  for (int i = 0; i < draws; ++i) {
-    const auto v = g.below(7);
-    ASSERT_LT(v, 7u);
-    ++count[v];
-  }
-  // each count ~ Binomial(70000, 1/7): mean 10000, sd ~93; 6 sd is far outside chance
-  for (int c : count) EXPECT_NEAR(c, 10000, 600);
-  EXPECT_EQ(g.below(1), 0u);
-}
-
-TEST(SplitMix64, UniformAndNormalMoments) {
-  SplitMix64 g(7);
-  const int draws = 100000;
-  double su = 0, sn = 0, sn2 = 0;
-  for (int i = 0; i < draws; ++i) {
-    const double u = g.uniform();
-    ASSERT_GE(u, 0.0);
-    ASSERT_LT(u, 1.0);
-    su += u;
-    const double z = g.normal();
-    ASSERT_LE(std::abs(z), 6.0);
-    sn += z;
-    sn2 += z * z;
-  }
-  // standard errors: uniform mean 0.29/sqrt(N) ~ 0.001, normal mean 0.003, variance ~0.0045
-  EXPECT_NEAR(su / draws, 0.5, 0.006);
-  EXPECT_NEAR(sn / draws, 0.0, 0.02);
-  EXPECT_NEAR(sn2 / draws, 1.0, 0.03);
-}
-
-TEST(SplitMix64, DerivedSeedsDiffer) {
-  EXPECT_NE(derive_seed(1, 0), derive_seed(1, 1));
-  EXPECT_NE(derive_seed(1, 0), derive_seed(2, 0));
-  EXPECT_EQ(derive_seed(5, 3), derive_seed(5, 3));
-}
 
 TEST(Permutation, IsAPermutationAndDeterministic) {
   for (std::int64_t n : {0, 1, 2, 17, 1000}) {

@@ -7,10 +7,10 @@
 #include <cmath>
 #include <map>
 
-#include "model/seeded.hpp"
+#include "support/seeded.hpp"
 #include "moescope/io/layout.hpp"
 #include "moescope/io/safetensors.hpp"
-#include "moescope/io/synthetic.hpp"
+#include "moescope/io/synthetic_checkpoint.hpp"
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/model/moe.hpp"
 #include "moescope/util/error.hpp"

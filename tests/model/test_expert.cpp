@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "model/seeded.hpp"
+#include "support/seeded.hpp"
 
 namespace moescope {
 namespace {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/seeded.hpp"
+#include "support/seeded.hpp"
 #include "moescope/io/layout.hpp"
 #include "moescope/util/error.hpp"
 

@@ -8,11 +8,13 @@
 #include <numeric>
 #include <vector>
 
-#include "model/seeded.hpp"
+#include "support/finite_difference.hpp"
+#include "support/seeded.hpp"
 
 namespace moescope {
 namespace {
 
+using testing::central_gradient;
 using testing::max_abs_diff;
 using Matrix = std::vector<std::vector<double>>;
 
@@ -190,17 +192,7 @@ TEST_F(SparseMoETest, DoubleGradientMatchesFiniteDifferences) {
   const auto c = torch::randn({4, 3}, torch::kDouble);
   const auto f = [&](const torch::Tensor& in) { return (moe->forward(in) * c).sum(); };
   const auto g = torch::autograd::grad({f(x)}, {x})[0];
-  torch::NoGradGuard no_grad;
-  const double h = 1e-6;
-  auto fd = torch::zeros_like(g);
-  for (std::int64_t i = 0; i < 4; ++i) {
-    for (std::int64_t j = 0; j < 3; ++j) {
-      auto xp = x.detach().clone(), xm = x.detach().clone();
-      xp[i][j] += h;
-      xm[i][j] -= h;
-      fd[i][j] = (f(xp) - f(xm)).item<double>() / (2 * h);
-    }
-  }
+  const auto fd = central_gradient(f, x, 1e-6);
   // Truncation O(h^2) ~ 1e-12 and rounding ~ 1e-16 / h ~ 1e-10; a routing switch or ReLU kink within h of a
   // random point would show as an O(1) error, not as a small one.
   EXPECT_LT(max_abs_diff(g, fd), 1e-7);

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +11,8 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+#include "moescope/io/synthetic_checkpoint.hpp"
 
 namespace moescope::testing {
 
@@ -91,6 +94,30 @@ std::vector<std::uint8_t> bf16_bytes(const std::vector<float>& v) {
     std::memcpy(&b[2 * i], &h, 2);
   }
   return b;
+}
+
+int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+std::string small_checkpoint(const TempDir& dir, const std::string& family, double rho) {
+  SyntheticCheckpointOptions o;
+  o.family = family;
+  o.experts = 4;
+  o.rho = rho;
+  const std::string p = dir.file(family + ".safetensors");
+  write_synthetic_checkpoint(p, o);
+  return p;
+}
+
+DataSpec clustered_data(std::int64_t samples, std::int64_t dim, std::int64_t clusters, std::int64_t classes,
+                        std::uint64_t seed) {
+  DataSpec s;
+  s.name = "clustered";
+  s.clustered.samples = samples;
+  s.clustered.dim = dim;
+  s.clustered.clusters = clusters;
+  s.clustered.classes = classes;
+  s.seed = seed;
+  return s;
 }
 
 }  // namespace moescope::testing

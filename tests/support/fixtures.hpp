@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "moescope/data/spec.hpp"
+
 namespace moescope::testing {
 
 /// A fresh folder under $TMPDIR, removed with everything in it on destruction.
@@ -32,6 +34,17 @@ struct CliResult {
 };
 /// Runs the moescope executable ($MOESCOPE_BIN, else the one built beside the tests) with the given arguments.
 CliResult run_moescope(const std::vector<std::string>& args);
+
+/// Lines in a text (newline characters): a one-line error is 1.
+int line_count(const std::string& s);
+
+/// A small synthetic checkpoint of `family` with 4 experts per layer (io/synthetic_checkpoint.hpp), written to
+/// DIR/<family>.safetensors; rho is the experts' shared fraction (1: identical experts, MSO 1).
+std::string small_checkpoint(const TempDir& dir, const std::string& family = "mixtral", double rho = 0.5);
+
+/// A clustered-task data spec (data/clustered_task.hpp) of these sizes: the tests' small, quick data.
+DataSpec clustered_data(std::int64_t samples, std::int64_t dim, std::int64_t clusters, std::int64_t classes,
+                        std::uint64_t seed = 0);
 
 /// Float32 values as little-endian bytes; likewise bf16 (round to nearest even).
 std::vector<std::uint8_t> f32_bytes(const std::vector<float>& v);

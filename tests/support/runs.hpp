@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "moescope/train/task.hpp"
+#include "moescope/model/task.hpp"
 
 namespace moescope::testing {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "model/seeded.hpp"
+#include "support/seeded.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/model/moe.hpp"
 #include "moescope/util/error.hpp"

@@ -9,11 +9,13 @@
 #include <vector>
 
 #include "moescope/model/moe.hpp"
-#include "model/seeded.hpp"
+#include "support/finite_difference.hpp"
+#include "support/seeded.hpp"
 
 namespace moescope {
 namespace {
 
+using testing::central_gradient;
 using testing::max_abs_diff;
 
 class RegularisersTest : public testing::SeededTest {};
@@ -31,16 +33,9 @@ void expect_gradient_matches(const std::function<torch::Tensor(const torch::Tens
   auto y = f(x);
   ASSERT_EQ(y.dim(), 0);
   const auto g = torch::autograd::grad({y}, {x})[0].reshape({-1});
-  auto flat = x0.detach().clone().reshape({-1});
-  auto acc = flat.accessor<double, 1>();
-  for (std::int64_t n = 0; n < flat.numel(); ++n) {
-    const double keep = acc[n];
-    acc[n] = keep + h;
-    const double up = f(flat.view(x0.sizes())).item<double>();
-    acc[n] = keep - h;
-    const double down = f(flat.view(x0.sizes())).item<double>();
-    acc[n] = keep;
-    const double numeric = (up - down) / (2.0 * h);
+  const auto fd = central_gradient(f, x0, h).reshape({-1});
+  for (std::int64_t n = 0; n < fd.numel(); ++n) {
+    const double numeric = fd[n].item<double>();
     const double analytic = g[n].item<double>();
     EXPECT_NEAR(analytic, numeric, tol * std::max(1.0, std::abs(numeric))) << "element " << n;
   }

@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "moescope/data/image.hpp"
 #include "moescope/io/layout.hpp"
 #include "moescope/io/report.hpp"
 #include "moescope/io/safetensors.hpp"
+#include "moescope/model/task.hpp"
 #include "moescope/train/trainer.hpp"
 #include "moescope/util/error.hpp"
 #include "support/fixtures.hpp"
@@ -44,7 +46,6 @@ RunConfig clustered_run(const std::string& out_dir, const std::string& name) {
 
 TrainOptions quiet() {
   TrainOptions o;
-  o.progress_seconds = -1;
   return o;
 }
 
@@ -83,7 +84,7 @@ TEST(Trainer, FitModelToDataFillsAndChecksShapes) {
   spec.clustered.samples = 50;
   spec.clustered.dim = 5;
   spec.clustered.classes = 3;
-  const TaskData d = load_task_data(spec);
+  const Dataset d = load_dataset(spec);
   const auto m = fit_model_to_data({{"type", "classifier"}, {"backbone", "mlp"}}, d);
   EXPECT_EQ(m["in_channels"], 5);
   EXPECT_EQ(m["image_size"], 1);
@@ -129,8 +130,8 @@ TEST(Trainer, LearnsTheClusteredTask) {
   ASSERT_EQ(layout.layers.size(), 1u);
   EXPECT_EQ(layout.layers[0].experts.size(), 4u);
   const LoadedRun back = load_run(r.run_dir);
-  EXPECT_EQ(back.step, 1200);
-  EXPECT_NEAR(evaluate(back.model, load_task_data(back.data).test).accuracy, r.test.accuracy, 1e-12);
+  EXPECT_EQ(back.run.step(), 1200);
+  EXPECT_NEAR(evaluate(back.model, load_dataset(back.data).test).accuracy, r.test.accuracy, 1e-12);
 }
 
 // Kill and resume: a run stopped after 13 of 24 steps (mid-epoch, between checkpoints) and resumed gives the
@@ -181,6 +182,52 @@ TEST(Trainer, ResumeAfterAStopEqualsAnUninterruptedRun) {
   // Resuming under another config is refused.
   c.train.optim.lr *= 2;
   EXPECT_THROW(train_run(c, resume), InputError);
+}
+
+// Regression: a run did not store its input standardisation; images were standardised with the mean and std of
+// the train split as loaded at analysis time, so `hessian RUN --data '{..."max_train": 500}'` analysed another
+// function than the one trained. The statistics are the model's now, fitted once and stored with the run.
+TEST(Trainer, ARunKeepsTheInputStatisticsItWasTrainedWith) {
+  if (!fs::exists(std::string(kFashionMnistDir) + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST";
+  moescope::testing::TempDir dir;
+  RunConfig c;
+  c.name = "fm";
+  c.out_dir = dir.path();
+  c.data.name = "fashion-mnist";
+  c.data.max_train = 256;
+  c.data.max_eval = 128;
+  c.model = {{"type", "classifier"}, {"backbone", "mlp"}, {"backbone_widths", {16}}, {"head", "sparse"},
+             {"head_hidden", 8},     {"experts", 4},      {"top_k", 2}};
+  c.train.steps = 4;
+  c.train.batch_size = 64;
+  const TrainResult r = train_run(c, quiet());
+  const LoadedRun run = load_run(r.run_dir);
+  // Stored in the config and in the weights, equal to the 256 training images' statistics.
+  const nlohmann::json m = run.run.model_config();
+  ASSERT_TRUE(m.contains("input_mean"));
+  const ChannelStatistics want = channel_statistics(load_dataset(c.data).train.inputs);
+  EXPECT_DOUBLE_EQ(m["input_mean"][0].get<double>(), want.mean[0]);
+  EXPECT_DOUBLE_EQ(m["input_std"][0].get<double>(), want.stddev[0]);
+  EXPECT_EQ(weights_of(run.weights_file()).count("input_mean"), 1u);
+  // Analysing with other data options (other train statistics) evaluates the same function on the test images.
+  EvalSpec own, other;
+  own.splits = other.splits = {"test"};
+  DataSpec changed = c.data;
+  changed.max_train = 50;
+  const std::string spec_file = dir.file("data.json");
+  std::ofstream(spec_file) << nlohmann::json(changed).dump();
+  other.data = spec_file;
+  const EvalData a = load_eval_data(run, own), b = load_eval_data(run, other);
+  ASSERT_TRUE(torch::equal(a.splits[0].inputs, b.splits[0].inputs));
+  EXPECT_EQ(evaluate(run.model, a.splits[0]).loss, evaluate(run.model, b.splits[0]).loss);
+  // Without the stored statistics (an older run) the statistics come from the run's own data, not from --data.
+  nlohmann::json legacy = nlohmann::json::parse(std::ifstream(run.run.config_file()));
+  legacy["model"].erase("input_mean");
+  legacy["model"].erase("input_std");
+  std::ofstream(run.run.config_file()) << legacy.dump();
+  const LoadedRun old = load_run(r.run_dir);
+  EXPECT_EQ(old.notes.size(), 1u);
+  EXPECT_EQ(evaluate(old.model, a.splits[0]).loss, evaluate(run.model, a.splits[0]).loss);
 }
 
 TEST(Trainer, TrainsAnMoELanguageModel) {

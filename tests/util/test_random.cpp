@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace moescope {
 namespace {
@@ -67,6 +68,31 @@ TEST(Rng, ProbeMatricesAreReproducibleAndShaped) {
   // Auto draws Rademacher.
   Rng d(5);
   EXPECT_EQ(draw_probes(d, 40, 3, ProbeDistribution::Auto), z);
+}
+
+
+TEST(Rng, BelowStaysInRangeAndCoversIt) {
+  Rng g(42);
+  std::vector<int> count(7, 0);
+  const int draws = 70000;
+  for (int i = 0; i < draws; ++i) {
+    const auto v = g.below(7);
+    ASSERT_LT(v, 7u);
+    ++count[v];
+  }
+  // each count ~ Binomial(70000, 1/7): mean 10000, sd ~93; 6 sd is far outside chance
+  for (int c : count) EXPECT_NEAR(c, 10000, 600);
+  EXPECT_EQ(g.below(1), 0u);
+  // a bound just above 2^63 rejects almost half of the raw draws and still stays in range
+  const std::uint64_t big = (std::uint64_t{1} << 63) + 12345;
+  for (int i = 0; i < 1000; ++i) ASSERT_LT(g.below(big), big);
+}
+
+TEST(Rng, DerivedSeedsDiffer) {
+  EXPECT_NE(derive_seed(1, 0), derive_seed(1, 1));
+  EXPECT_NE(derive_seed(1, 0), derive_seed(2, 0));
+  EXPECT_EQ(derive_seed(5, 3), derive_seed(5, 3));
+  EXPECT_EQ(derive_seed(5, 3), splitmix64(5 ^ splitmix64(3)));
 }
 
 }  // namespace

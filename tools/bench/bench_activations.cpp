@@ -18,7 +18,7 @@
 
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/model/classifier.hpp"
-#include "moescope/train/task.hpp"
+#include "moescope/model/task.hpp"
 #include "moescope/util/runtime.hpp"
 
 using Clock = std::chrono::steady_clock;

@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "moescope/io/synthetic.hpp"
+#include "moescope/io/synthetic_checkpoint.hpp"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;

@@ -26,13 +26,13 @@
 #include <utility>
 #include <vector>
 
-#include "moescope/curvature/eigen.hpp"
+#include "moescope/curvature/eigensolvers.hpp"
 #include "moescope/curvature/hvp.hpp"
-#include "moescope/curvature/lanczos_torch.hpp"
-#include "moescope/curvature/params.hpp"
+#include "moescope/curvature/device_lanczos.hpp"
+#include "moescope/model/params.hpp"
 #include "moescope/curvature/trace.hpp"
 #include "moescope/data/image.hpp"
-#include "moescope/train/task.hpp"
+#include "moescope/model/task.hpp"
 #include "moescope/util/runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
@@ -104,18 +104,18 @@ int main(int argc, char** argv) {
 
   // The model: a trained run as it was saved, or the gated head trained briefly here, so that the Hessian is that
   // of a model near a (local) fit, not of random weights.
-  auto make = [&]() -> std::pair<TaskModel, TaskData> {
+  auto make = [&]() -> std::pair<TaskModel, Dataset> {
     if (!a.run.empty()) {
       LoadedRun lr = load_run(a.run);
-      TaskData d = load_task_data(lr.data);
-      std::printf("model: run %s (step %lld): %s\n", lr.directory.c_str(), static_cast<long long>(lr.step),
-                  lr.config["model"].dump().c_str());
+      Dataset d = load_dataset(lr.data);
+      std::printf("model: run %s (step %lld): %s\n", lr.run.directory().c_str(), static_cast<long long>(lr.run.step()),
+                  lr.run.model_config().dump().c_str());
       return {lr.model, std::move(d)};
     }
     DataSpec spec;
     spec.name = "fashion-mnist";
     spec.path = a.data;
-    TaskData d = load_task_data(spec);
+    Dataset d = load_dataset(spec);
     const nlohmann::json model_cfg{{"type", "classifier"}, {"backbone", "mlp"},   {"in_channels", 1},
                                    {"image_size", 28},     {"num_classes", 10},   {"backbone_widths", {512}},
                                    {"head", "gated"},      {"experts", 8},        {"head_hidden", 64},
@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   };
   auto made = make();  // (not a structured binding: C++17 lambdas below cannot capture one)
   TaskModel model = made.first;
-  TaskData data = std::move(made.second);
+  Dataset data = std::move(made.second);
   model.to(device);
   model.module().eval();
   {
@@ -170,12 +170,12 @@ int main(int argc, char** argv) {
   };
 
   // 2 (first, it tells 1 how many products to amortise over). Lanczos on the fresh operator, power iteration.
-  TorchLanczosOptions lo;
+  DeviceLanczosOptions lo;
   lo.k = 1;
   lo.tol = 1e-4;
   lo.dtype = torch::kFloat64;
   auto t0 = Clock::now();
-  const TorchEigenResult lz = torch_lanczos_eigs(fresh, lo);
+  const DeviceEigenResult lz = device_lanczos_eigs(fresh, lo);
   const double lanczos_s = seconds_since(t0);
   PowerOptions po;  // PyHessian's defaults: tol 1e-3 on the relative eigenvalue change, maxIter 100
   t0 = Clock::now();

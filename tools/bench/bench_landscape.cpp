@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "moescope/curvature/params.hpp"
+#include "moescope/model/params.hpp"
 #include "moescope/landscape/directions.hpp"
 #include "moescope/landscape/surface.hpp"
-#include "moescope/train/task.hpp"
+#include "moescope/model/task.hpp"
 #include "moescope/util/runtime.hpp"
 
 namespace fs = std::filesystem;
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
                  {"image_size", 28},     {"num_classes", 10}, {"backbone_widths", {256, 256}},
                  {"head_hidden", 64},    {"experts", 8},      {"top_k", 2}};
   }
-  const TaskData td = load_task_data(spec);
+  const Dataset td = load_dataset(spec);
   const TensorSplit split = td.train.head(samples);
   torch::manual_seed(0);
   const TaskModel model = TaskModel::create(model_cfg);
@@ -108,10 +108,11 @@ int main(int argc, char** argv) {
   so.y = Axis{-1.0, 1.0, grid};
   so.metrics = {"train_loss", "train_acc"};
   so.journal = tmp + "/bench.h5.partial";
-  double last = 0.0;
-  so.progress = [&](const SurfaceProgress& p) {
-    per_point.push_back(p.seconds - last);
-    last = p.seconds;
+  auto last = std::chrono::steady_clock::now();
+  so.progress = [&](const Progress&) {
+    const auto now = std::chrono::steady_clock::now();
+    per_point.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
   };
   const PointEvaluator eval = [&] {
     const EvalResult r = evaluate(model, split, 512);
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
       plain.push_back(seconds_since(t0));
       so.max_points = grid;  // one row per call, resumed from the journal
       so.resume = row > 0;
-      last = 0.0;
+      last = std::chrono::steady_clock::now();
       compute_surface(pert, eval, so);
     }
     for (int k = 0; k < 20; ++k) {

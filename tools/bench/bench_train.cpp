@@ -22,11 +22,10 @@ using namespace moescope;
 
 namespace {
 
-TrainResult timed(RunConfig c, const TaskData& data, const std::string& name) {
+TrainResult timed(RunConfig c, const Dataset& data, const std::string& name) {
   c.name = name;
   fs::remove_all(fs::path(c.out_dir) / name);
   TrainOptions o;
-  o.progress_seconds = -1;
   o.data = &data;
   return train_run(c, o);
 }
@@ -73,7 +72,7 @@ int main(int argc, char** argv) {
     c.model = {{"type", "classifier"}, {"backbone", "mlp"}, {"backbone_widths", {256}}, {"head", "sparse"},
                {"head_hidden", 64},    {"experts", 8},      {"top_k", 2}};
   }
-  const TaskData data = load_task_data(c.data);
+  const Dataset data = load_dataset(c.data);
   std::printf("bench_train: %s, %lld steps of batch %lld, %d threads (default run config)\n", data_name.c_str(),
               static_cast<long long>(steps), static_cast<long long>(c.train.batch_size), threads);
   const TrainResult base = timed(c, data, "plain");

@@ -19,7 +19,7 @@ struct SlqOptions {
   std::int64_t steps = 100;   // Lanczos steps per run (PyHessian's iter), capped at n
   std::uint64_t seed = 0;     // start vectors from one Rng(seed) stream, run after run
   ProbeDistribution start = ProbeDistribution::Auto;  // Auto: Rademacher (as PyHessian); normalised
-  ProgressCallback progress;  // per run: value = that run's sum_j w_j theta_j
+  ProgressFn progress;  // per run: value = that run's sum_j w_j theta_j
 };
 
 /// Nodes and weights of every run.

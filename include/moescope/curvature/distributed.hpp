@@ -34,8 +34,8 @@ bool distributed_available();
 /// A c10d process group (Gloo) for summing tensors over ranks. Non-copyable; share it by pointer.
 class DataParallelGroup {
  public:
-  /// Joins the group (blocks until every rank has joined). Throws InputError naming the flag (--world-size,
-  /// --rank, --init) for bad options or a build without Gloo, and c10::Error when the rendezvous fails.
+  /// Joins the group (blocks until every rank has joined). Throws InputError naming the option (world_size, rank,
+  /// init) for bad options or a build without Gloo, and c10::Error when the rendezvous fails.
   explicit DataParallelGroup(const DistributedOptions& opts);
   ~DataParallelGroup();
   DataParallelGroup(const DataParallelGroup&) = delete;

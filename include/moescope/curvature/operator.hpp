@@ -7,6 +7,8 @@
 
 #include <Eigen/Dense>
 
+#include "moescope/util/progress.hpp"
+
 namespace moescope {
 
 /// Outcome of a numerical routine; numbers are never returned silently without one.
@@ -18,14 +20,6 @@ enum class SolverStatus { Converged, NotConverged, NumericalIssue };
 /// "converged", "not_converged", "numerical_issue".
 const char* status_name(SolverStatus s);
 
-/// Called once per iteration / probe / run by the solvers (never from inside a matvec).
-struct Progress {
-  const char* stage = "";     // "lanczos", "spectra", "power", "hutchinson", "hutch++", "xtrace", "slq"
-  std::int64_t step = 0;      // iteration, probe or run index (1-based)
-  std::int64_t matvecs = 0;   // operator applications so far in this call
-  double value = 0.0;         // stage-specific: current estimate or convergence measure
-};
-using ProgressCallback = std::function<void(const Progress&)>;
 
 /// A real symmetric n x n operator known only through products y = A x.
 /// Implement apply_impl (and, where batching pays, apply_block_impl); callers use apply / apply_block,

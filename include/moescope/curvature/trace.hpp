@@ -27,7 +27,7 @@ struct TraceOptions {
   /// Hutchinson only; 0 = off. PyHessian's rule: stop after probe i when
   /// |mean_i - mean_{i-1}| / (|mean_{i-1}| + 1e-6) < stop_tol, where mean_0 = 0 (as PyHessian starts).
   double stop_tol = 0.0;
-  ProgressCallback progress;  // per probe (Hutchinson) or per stage; value = running estimate
+  ProgressFn progress;  // per probe (Hutchinson) or per stage; value = running estimate
 };
 
 /// A trace estimate and its diagnostics.

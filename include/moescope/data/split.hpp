@@ -6,7 +6,7 @@
 
 namespace moescope {
 
-/// A permutation of 0..n-1 from the seed: Fisher-Yates with SplitMix64(seed), for i = n-1 down to 1
+/// A permutation of 0..n-1 from the seed: Fisher-Yates with util/random.hpp's Rng(seed), for i = n-1 down to 1
 /// swapping p[i] with p[j], j = below(i + 1). Throws InputError if n < 0.
 std::vector<std::int64_t> permutation(std::int64_t n, std::uint64_t seed);
 

@@ -52,6 +52,11 @@ struct Layout {
   std::vector<std::string> notes;      // e.g. "layers 0-2 are dense (no experts)"
 };
 
+/// The layers numbered in `wanted` (all when empty), in model order. Throws InputError naming `source` (the
+/// checkpoint) when a number has no MoE layer, or when the layout has no MoE layers at all.
+std::vector<const MoELayerLayout*> select_layers(const Layout& layout, const std::vector<int>& wanted,
+                                                 const std::string& source);
+
 struct LayoutOptions {
   /// ECMAScript regex with named groups written (?<layer>...), (?<expert>...), (?<matrix>...); std::regex has
   /// no named groups, so they are rewritten to numbered ones. When set, it replaces the built-in families.

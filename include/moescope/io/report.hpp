@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include <Eigen/Core>
+
 namespace moescope {
 
 /// An attribute value.
@@ -40,6 +42,10 @@ class ReportWriter {
   /// A float64 dataset of the given dims (empty dims = scalar). data.size() must equal the product of dims.
   void write(const std::string& path, const std::vector<double>& data, const std::vector<std::size_t>& dims);
   void write_scalar(const std::string& path, double value);
+  /// A matrix as a [rows, cols] dataset, row-major (h5py's m[i, j] is m(i, j)).
+  void write_matrix(const std::string& path, const Eigen::MatrixXd& m);
+  /// A vector as a [n] dataset.
+  void write_vector(const std::string& path, const Eigen::VectorXd& v);
   void write_int(const std::string& path, const std::vector<std::int64_t>& data, const std::vector<std::size_t>& dims);
   /// A 1-D dataset of variable-length UTF-8 strings.
   void write_strings(const std::string& path, const std::vector<std::string>& values);
@@ -71,6 +77,8 @@ class ReportReader {
   /// Dataset as float64 (converting from any numeric type); dims filled when given.
   std::vector<double> read(const std::string& path, std::vector<std::size_t>* dims = nullptr) const;
   double read_scalar(const std::string& path) const;
+  /// A 2-D dataset as a matrix; throws InputError naming the file and the path when it is not 2-D.
+  Eigen::MatrixXd read_matrix(const std::string& path) const;
   std::vector<std::string> read_strings(const std::string& path) const;
   /// Names of the members of a group, sorted.
   std::vector<std::string> list(const std::string& group_path) const;

@@ -9,7 +9,7 @@
 
 #include <torch/torch.h>
 
-#include "moescope/curvature/params.hpp"
+#include "moescope/model/params.hpp"
 #include "moescope/io/report.hpp"
 
 namespace moescope {

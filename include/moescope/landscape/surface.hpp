@@ -2,7 +2,6 @@
 // Loss surfaces on 1-D and 2-D grids around a point w0: w = w0 + a dx + b dy, evaluated by a callback.
 // Weights are perturbed in place (no allocation per point) and restored bit for bit. Finished points go to a
 // journal as they come, so a killed run loses at most the point in flight and a restart skips what is done.
-#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -12,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "moescope/landscape/directions.hpp"
+#include "moescope/util/progress.hpp"
 
 namespace moescope {
 
@@ -61,14 +61,6 @@ class Perturbation {
 /// Values at the current weights, one per metric, in SurfaceOptions::metrics order.
 using PointEvaluator = std::function<std::vector<double>()>;
 
-/// Progress after each grid point.
-struct SurfaceProgress {
-  std::int64_t done = 0;       ///< points finished, resumed ones included
-  std::int64_t total = 0;      ///< nx * ny
-  std::int64_t evaluated = 0;  ///< points evaluated in this call
-  double seconds = 0.0;        ///< since the call began
-};
-
 struct SurfaceOptions {
   Axis x;
   std::optional<Axis> y;              ///< absent: a 1-D surface
@@ -83,7 +75,8 @@ struct SurfaceOptions {
   /// Evaluate at most this many points in this call (0: all), then return an incomplete surface. Lets a run be
   /// time-boxed; tests use it to stop a run part way.
   std::int64_t max_points = 0;
-  std::function<void(const SurfaceProgress&)> progress;
+  /// After each point evaluated in this call (done counts resumed points too; value: the first metric).
+  ProgressFn progress;
 };
 
 /// A computed (possibly partial) surface. values[m][i * ny + j] is metric m at (x[i], y[j]) (ny = 1 for 1-D);

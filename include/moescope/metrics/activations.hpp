@@ -24,6 +24,7 @@
 // router_entropy = mean over tokens of -sum_e p_e(t) ln p_e(t) (nats; ln E is uniform routing);
 // dropped_fraction = assignments dropped by the capacity limit / all assignments (0 without a limit).
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -142,5 +143,54 @@ struct LayerOverlaps {
 /// Pairs i < j of every layer (pairs with a NaN on either side are left out). Throws InputError when the two
 /// matrices of a layer differ in size.
 SpaceComparison compare_spaces(const std::vector<LayerOverlaps>& layers);
+
+/// One layer's statistics.
+struct LayerActivations {
+  std::string key;
+  int layer = 0;
+  std::string prefix;
+  std::int64_t experts = 0, dim = 0, out_dim = 0;
+  ActivationOverlap overlap;
+  RoutingStats routing;
+  std::int64_t capacity = 0;     ///< largest per-batch capacity seen (0: no limit)
+  std::string routing_source;    ///< "model", "recorded", "router" (computed from the checkpoint), "none"
+};
+
+struct ActivationsResult {
+  std::vector<LayerActivations> layers;
+  std::string inputs;       ///< "data", "recorded", "random"
+  std::string description;  ///< one line saying where the inputs came from
+  std::int64_t samples = 0; ///< data path: samples run through the model
+};
+
+/// What the /activations group says of the whole run (root attributes of the group).
+struct ActivationsMeta {
+  std::string family;         ///< the checkpoint layout's family
+  std::int64_t batch_size = 0, max_tokens = 0;
+  std::string split, data;    ///< data path: the split and the data spec's JSON
+  std::string activations_file;  ///< recorded path
+  std::map<std::string, std::int64_t> top_k;          ///< per layer key
+  std::map<std::string, std::string> expert_function;  ///< per layer key: "swiglu", "relu", "model"
+};
+
+class ReportWriter;
+class ReportReader;
+/// /activations with its attributes and one group per layer:
+/// /activations/<key>/{overlap[E,E], overlap_sq[E,E], pair_tokens[E,E], mean_overlap, mso, routed_overlap[E,E],
+///   routed_tokens[E,E], routed_mean_overlap, routed_mso, source_overlap[E,E], source_mean_overlap, mean_norm[E],
+///   load[E], importance[E], router_entropy, dropped_fraction, tokens}
+///   attrs: layer, prefix, experts, dim, out_dim, routing_source, capacity, top_k, expert_function.
+void write_activations(ReportWriter& w, const ActivationsResult& r, const ActivationsMeta& meta);
+/// /compare_spaces: per layer (weight_overlap, activation_overlap over pairs i<j, pair_i, pair_j, pearson_r/p,
+/// spearman_rho/p, weight_mso, activation_mso), pooled over layers, and across layers (layers, weight_mso,
+/// activation_mso, layer_mso_*); attributes weight_source, activation_source, definition.
+void write_space_comparison(ReportWriter& w, const std::vector<LayerOverlaps>& in, const SpaceComparison& c,
+                            const std::string& weight_source, const std::string& activation_source);
+/// The weight and activation overlaps of the layers both reports hold (`activations` from /activations, `geometry`
+/// from /geometry; they may be one report). Throws InputError naming the file that lacks its group or whose layer
+/// shapes disagree; `unmatched` receives the activation layers without weight geometry.
+std::vector<LayerOverlaps> read_overlaps(const ReportReader& activations, const ReportReader& geometry,
+                                         const std::string& activations_file, const std::string& geometry_file,
+                                         std::vector<std::string>* unmatched = nullptr);
 
 }  // namespace moescope

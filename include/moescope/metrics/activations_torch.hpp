@@ -28,9 +28,12 @@
 #include <torch/torch.h>
 
 #include "moescope/io/layout.hpp"
+#include "moescope/io/report.hpp"
 #include "moescope/io/tensor.hpp"
 #include "moescope/metrics/activations.hpp"
-#include "moescope/train/task.hpp"
+#include "moescope/metrics/geometry.hpp"
+#include "moescope/model/task.hpp"
+#include "moescope/util/progress.hpp"
 
 namespace moescope {
 
@@ -81,8 +84,6 @@ std::vector<ExpertBank> model_expert_banks(const TaskModel& model);
 /// Every expert of the bank on x [T, dim]: [T, E, O] float32, without autograd.
 torch::Tensor run_all_experts(const ExpertBank& bank, const torch::Tensor& x);
 
-struct LayerActivations;
-
 /// Streams batches of one layer's tokens into its statistics (ActivationOverlapAccumulator, RoutingAccumulator).
 class LayerActivationAccumulator {
  public:
@@ -101,25 +102,6 @@ class LayerActivationAccumulator {
   std::string routing_source_;
 };
 
-/// One layer's statistics.
-struct LayerActivations {
-  std::string key;
-  int layer = 0;
-  std::string prefix;
-  std::int64_t experts = 0, dim = 0, out_dim = 0;
-  ActivationOverlap overlap;
-  RoutingStats routing;
-  std::int64_t capacity = 0;     ///< largest per-batch capacity seen (0: no limit)
-  std::string routing_source;    ///< "model", "recorded", "router" (computed from the checkpoint), "none"
-};
-
-struct ActivationsResult {
-  std::vector<LayerActivations> layers;
-  std::string inputs;       ///< "data", "recorded", "random"
-  std::string description;  ///< one line saying where the inputs came from
-  std::int64_t samples = 0; ///< data path: samples run through the model
-};
-
 struct ActivationsOptions {
   /// Samples (data path) or tokens (recorded / random) per batch.
   std::int64_t batch_size = 256;
@@ -129,8 +111,8 @@ struct ActivationsOptions {
   /// Random probe: tokens per layer (used when max_tokens is 0) and seed.
   std::int64_t random_tokens = 4096;
   std::uint64_t seed = 0;
-  /// Progress lines (stage, batches); may be empty.
-  std::function<void(const std::string&)> log;
+  /// Tokens (samples, on the data path) done per layer, and notes; may be empty.
+  ProgressFn progress;
 };
 
 /// Own model over a split: the model runs in eval mode without gradients (mode restored afterwards); each MoE
@@ -158,5 +140,36 @@ std::string random_description(const ActivationsOptions& opts);
 
 /// The banks on standard Gaussian inputs of each layer's width (opts.seed; the same stream for every layer).
 ActivationsResult random_activations(const std::vector<ExpertBank>& banks, const ActivationsOptions& opts);
+
+/// The whole `activations` analysis of a checkpoint: moescope's own runs run on data (or a recorded file, or the
+/// random probe); any other checkpoint's experts run on recorded inputs or the random probe.
+struct ActivationsRequest {
+  std::string checkpoint;        ///< a run (Run::is_run) or any checkpoint open_checkpoint reads
+  std::string data;              ///< own runs: "" = the run's data, else as parse_data_arg reads it
+  std::string split = "train";
+  std::string activations_file;  ///< recorded layer inputs ("" none)
+  bool random_probe = false;
+  std::vector<int> layers;       ///< model layer numbers (empty: all MoE layers)
+  std::int64_t top_k = 0;        ///< other checkpoints: experts per token (0: config.json's, else Switch 1, others 2)
+  std::string expert_pattern;    ///< LayoutOptions::expert_pattern
+  ActivationsOptions options;
+  /// Also the weight geometry of the same layers and the weight-vs-activation comparison.
+  bool geometry = false;
+  GeometryOptions geometry_options;
+};
+struct ActivationsAnalysis {
+  ActivationsResult result;
+  ActivationsMeta meta;
+  std::string weights_file;                  ///< the checkpoint file read
+  std::optional<CheckpointGeometry> geometry;
+  std::vector<LayerOverlaps> overlaps;       ///< with geometry: per layer, weight and activation overlaps
+  std::optional<SpaceComparison> comparison;
+  std::vector<std::string> notes;            ///< things to tell the user (skipped layers, legacy runs)
+};
+/// Throws InputError naming the checkpoint or file for what does not fit (no MoE layers, a layer without experts,
+/// --data on a checkpoint that cannot run, both or neither input source for a foreign checkpoint).
+ActivationsAnalysis analyse_activations(const ActivationsRequest& request);
+/// /activations, and with geometry /geometry and /compare_spaces (weight source: the checkpoint).
+void write_activations_analysis(ReportWriter& w, const ActivationsAnalysis& a);
 
 }  // namespace moescope

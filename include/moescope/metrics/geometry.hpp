@@ -19,6 +19,7 @@
 
 #include "moescope/io/layout.hpp"
 #include "moescope/io/tensor.hpp"
+#include "moescope/util/progress.hpp"
 
 namespace moescope {
 
@@ -49,6 +50,26 @@ struct LayerGeometry {
 
 /// Measures one layer. Throws InputError when a requested role is missing from the layer's experts.
 LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& layer, const GeometryOptions& opts);
+
+/// Every chosen MoE layer of a checkpoint (the `geometry` command).
+struct CheckpointGeometry {
+  std::string family;                 // the layout's family
+  std::vector<LayerGeometry> layers;  // in model order
+  std::vector<std::string> prefixes;  // each layer's tensor prefix
+};
+/// Measures `layers` (from select_layers) one after another, so memory holds one layer; reports each layer done.
+CheckpointGeometry checkpoint_geometry(const TensorSource& src, const std::string& family,
+                                       const std::vector<const MoELayerLayout*>& layers, const GeometryOptions& opts,
+                                       const ProgressFn& progress = {});
+
+class ReportWriter;
+/// /geometry with its attributes (family, definition).
+void write_geometry_group(ReportWriter& w, const std::string& family);
+/// /geometry/<key>/{mso, overlap[E,E], gram[E,E], norms[E], param_variance, param_variance_normalized, mean_norm}
+/// with attributes matrices, layer, experts, dim, prefix.
+void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::string& prefix);
+/// The group and every layer.
+void write_geometry(ReportWriter& w, const CheckpointGeometry& g);
 
 /// Mean over pairs i != j of overlap(i, j)^2. Requires at least 2 experts.
 double mean_squared_overlap(const Eigen::MatrixXd& overlap);

@@ -51,6 +51,12 @@ struct ClassifierOptions {
   TORCH_ARG(double, dropout) = 0.0;
   TORCH_ARG(Activation, activation) = Activation::ReLU;
   TORCH_ARG(FFNKind, expert_kind) = FFNKind::MLP;
+  /// Per-channel input standardisation (x - input_mean[c]) / input_std[c] before the backbone, for images
+  /// [B, C, H, W]; empty: none. Training fits them to the run's train split (data/dataset_torch.hpp's
+  /// channel_statistics), so they are stored in the run's config and, as buffers "input_mean" / "input_std"
+  /// [1, C, 1, 1], in its weights: a run is analysed with the statistics it was trained with, whatever data is loaded.
+  TORCH_ARG(std::vector<double>, input_mean) = {};
+  TORCH_ARG(std::vector<double>, input_std) = {};
 
  public:
   /// The vision study's models (arXiv:2601.15021): ResNet-18 on 3x32x32, 10 classes, and
@@ -61,7 +67,8 @@ struct ClassifierOptions {
 
 /// JSON with every field (enums as names) and "type": "classifier".
 void to_json(nlohmann::json& j, const ClassifierOptions& o);
-/// Missing fields keep their defaults; unknown fields or wrong types throw InputError.
+/// Missing fields keep their defaults; unknown fields, wrong types or values the model cannot be built with
+/// (e.g. top_k > experts) throw InputError naming the field.
 void from_json(const nlohmann::json& j, ClassifierOptions& o);
 
 /// Logits [B, num_classes] and, for MoE heads, the head's routing.
@@ -90,6 +97,8 @@ class ClassifierImpl : public torch::nn::Cloneable<ClassifierImpl> {
   GatedMixture gated_head{nullptr};
   SoftMoE soft_head{nullptr};
   SparseMoE sparse_head{nullptr};
+  /// The standardisation buffers (undefined when input_mean is empty).
+  torch::Tensor input_mean, input_std;
 
  private:
   std::shared_ptr<MoELayer> moe_head_;

@@ -15,9 +15,11 @@
 #include <nlohmann/json.hpp>
 
 #include "moescope/io/report.hpp"
+#include "moescope/util/progress.hpp"
 #include "moescope/train/optim.hpp"
 #include "moescope/train/regularisers.hpp"
-#include "moescope/train/task.hpp"
+#include "moescope/data/dataset_torch.hpp"
+#include "moescope/model/task.hpp"
 
 namespace moescope {
 
@@ -56,13 +58,17 @@ void to_json(nlohmann::json& j, const RunConfig& c);
 /// Unknown keys or wrong types throw InputError naming the key.
 void from_json(const nlohmann::json& j, RunConfig& c);
 
+/// A run config file over a base: its "model" and "data" replace the base's whole (a model of another type shares no
+/// fields), "train" is merged key by key, anything else replaces.
+nlohmann::json merge_run_config(nlohmann::json base, const nlohmann::json& file);
+
 /// The default run: Fashion-MNIST, a CNN backbone (32-64-128 channels) and a top-2 sparse-MoE head of 8 experts, AdamW with a
 /// cosine schedule, Switch load balancing 0.01; one epoch (minutes on 2 cores).
 RunConfig default_run_config();
 
 /// Sets the model's data-dependent fields from the data: a classifier's in_channels, image_size (or the flat
 /// width for vectors) and num_classes; an LM's vocab_size and context. Fields the config gives must agree.
-nlohmann::json fit_model_to_data(const nlohmann::json& model, const TaskData& data);
+nlohmann::json fit_model_to_data(const nlohmann::json& model, const Dataset& data);
 
 /// Time spent per part of a step, summed over the steps of this call (seconds).
 struct StepTimes {
@@ -77,10 +83,11 @@ struct TrainOptions {
   /// Stop after this many steps in this call (0: no limit), after writing a checkpoint: simulates a killed run
   /// in tests and splits long runs.
   std::int64_t stop_after = 0;
-  /// Progress lines on stderr (through spdlog) at most this often, in seconds (< 0: never).
-  double progress_seconds = 5.0;
+  /// Called at every logged step (value: the batch loss), after each validation, for one-off notes (resuming,
+  /// a skipped step) and once at the end (finished = true). May be empty.
+  ProgressFn progress;
   /// Data already loaded for this config (skips reading it again), or nullptr.
-  const TaskData* data = nullptr;
+  const Dataset* data = nullptr;
   /// Written into log.h5 (command line, threads); checkpoint and seed are filled in by the trainer.
   Provenance provenance;
 };

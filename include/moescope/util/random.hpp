@@ -1,6 +1,6 @@
 #pragma once
-// The project's PRNG (synthetic checkpoints, probes, start vectors): the same bits on every standard
-// library (std::normal_distribution and friends are implementation-defined).
+// The project's one PRNG (data order and splits, synthetic tasks and checkpoints, probes, start vectors): the same
+// bits on every standard library (std::normal_distribution and friends are implementation-defined).
 #include <cstdint>
 
 #include <Eigen/Dense>
@@ -19,6 +19,9 @@ class Rng {
   std::uint64_t next_u64();
   /// Uniform in [0, 1), multiples of 2^-53.
   double uniform();
+  /// Uniform integer in [0, bound), bound >= 1, without modulo bias: raw draws below 2^64 mod bound are rejected,
+  /// then the draw is reduced mod bound.
+  std::uint64_t below(std::uint64_t bound);
   /// +1 or -1 with probability 1/2 each.
   double rademacher() { return (next_u64() >> 63) != 0 ? 1.0 : -1.0; }
   /// Standard normal.
@@ -52,5 +55,9 @@ Eigen::MatrixXd draw_probes(Rng& rng, std::int64_t n, std::int64_t cols, ProbeDi
 /// splitmix64's output for state x: mix(x + 0x9e3779b97f4a7c15) (Steele, Lea, Flood 2014); a good 64-bit
 /// mixer, also what seeds Rng.
 std::uint64_t splitmix64(std::uint64_t x);
+
+/// A seed for an independent stream `stream` of `seed`: splitmix64(seed ^ splitmix64(stream)), so that e.g. a task's
+/// structure and its samples come from unrelated streams of one user seed.
+std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t stream);
 
 }  // namespace moescope
