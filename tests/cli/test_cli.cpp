@@ -229,13 +229,13 @@ TEST(Cli, PlotScriptDrawsTheGeometryFigures) {
   TempDir dir;
   const std::string ckpt = small_checkpoint(dir);
   ASSERT_EQ(run_moescope({"geometry", ckpt, "-o", dir.file("r.h5")}).exit_code, 0);
-  const std::string cmd = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
+  const std::string cmd = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot.py " +
                           dir.file("r.h5") + " -o " + dir.file("fig") + " >/dev/null 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   for (const char* f : {"geometry_overlap.png", "geometry_overlap.pdf", "geometry_mso.png", "geometry_mso.pdf"})
     EXPECT_GT(testing::read_bytes(dir.file("fig/") + f).size(), 1000u) << f;
   // a missing report: exit 2 and a message naming it
-  const std::string bad = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
+  const std::string bad = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot.py " +
                           dir.file("absent.h5") + " -o " + dir.file("fig2") + " 2>" + dir.file("err");
   EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 2);
   const auto err = testing::read_bytes(dir.file("err"));
