@@ -10,14 +10,14 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from .common import (DOUBLE, SINGLE, ReportError, array, child_groups, color, expert_ticks, grid_shape,
-                     heatmap_grid, hide_unused, layer_label, scalar)
+                     heatmap_grid, hide_unused, is_group, layer_label, scalar)
 
 KIND = "activations"
 DESCRIPTION = "/activations: activation overlap heat map per layer, router load and importance per expert"
 
 
 def applies(f):
-    return "activations" in f and len(child_groups(f["activations"])) > 0
+    return is_group(f, "activations") and len(child_groups(f["activations"])) > 0
 
 
 def layers(f):

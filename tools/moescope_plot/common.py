@@ -76,6 +76,15 @@ def is_group(g, name):
     return name in g and isinstance(g[name], h5py.Group)
 
 
+def group(g, name):
+    """Subgroup g/name; ReportError naming the path when it is missing or not a group."""
+    if name not in g:
+        raise ReportError(f"'{g.name.rstrip('/')}/{name}' is missing")
+    if not isinstance(g[name], h5py.Group):
+        raise ReportError(f"'{g[name].name}' is not a group")
+    return g[name]
+
+
 def is_dataset(g, name):
     return name in g and isinstance(g[name], h5py.Dataset)
 

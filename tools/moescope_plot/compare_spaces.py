@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from .common import (DOUBLE, SINGLE, array, child_groups, color, draw_fit, fmt_p, grid_shape, hide_unused,
+from .common import (DOUBLE, SINGLE, array, child_groups, color, draw_fit, fmt_p, grid_shape, hide_unused, is_group,
                      layer_label, scalar)
 
 KIND = "compare_spaces"
@@ -21,7 +21,7 @@ DESCRIPTION = "/compare_spaces: weight vs activation overlap per expert pair, pe
 
 
 def applies(f):
-    return "compare_spaces" in f and len(child_groups(f["compare_spaces"])) > 0
+    return is_group(f, "compare_spaces") and len(child_groups(f["compare_spaces"])) > 0
 
 
 def pairs(g):
@@ -91,7 +91,8 @@ def plot(f, out):
             ax.legend(loc="best", fontsize=5)
         hide_unused(axes, m)
         pages = (n + per_page - 1) // per_page
-        fig.suptitle("Weight vs activation overlap per layer" + (f" ({p0 // per_page + 1}/{pages})" if pages > 1 else ""))
+        page_note = f" ({p0 // per_page + 1}/{pages})" if pages > 1 else ""
+        fig.suptitle("Weight vs activation overlap per layer" + page_note)
         out.save(fig, "weight_vs_activation_layers" + (f"_p{p0 // per_page + 1}" if p0 else ""))
 
     # Layer MSOs against each other.
@@ -105,8 +106,9 @@ def plot(f, out):
             if n <= 16:
                 ax.annotate(layer_label(g, key), (x, y), textcoords="offset points", xytext=(3, 2), fontsize=5)
         line = draw_fit(ax, wm, am, color=color(3), linewidth=1.0)
-        text = stat_text(scalar(c, "layer_mso_pearson_r", float("nan")), scalar(c, "layer_mso_pearson_p", float("nan")),
-                         scalar(c, "layer_mso_spearman_rho", float("nan")))
+        nan = float("nan")
+        text = stat_text(scalar(c, "layer_mso_pearson_r", nan), scalar(c, "layer_mso_pearson_p", nan),
+                         scalar(c, "layer_mso_spearman_rho", nan))
         if line is not None:
             line.set_label(f"{n} layers: {text}")
             ax.legend(loc="best")

@@ -8,14 +8,14 @@ import re
 
 import numpy as np
 
-from .common import SINGLE, array, attr, color, draw_fit, fmt_p, scalar
+from .common import SINGLE, array, attr, color, draw_fit, fmt_p, is_group, scalar
 
 KIND = "correlation"
 DESCRIPTION = "/correlation: x vs y scatter with fitted line, Pearson r, p and bootstrap interval"
 
 
 def applies(f):
-    return "correlation" in f and "x" in f["correlation"] and "y" in f["correlation"]
+    return is_group(f, "correlation") and "x" in f["correlation"] and "y" in f["correlation"]
 
 
 def level_text(g):

@@ -5,14 +5,15 @@ the mean squared overlap per layer, with the 1/D value of independent random exp
 """
 import numpy as np
 
-from .common import SINGLE, DOUBLE, ReportError, array, attr, child_groups, color, heatmap_grid, layer_label, scalar
+from .common import (DOUBLE, SINGLE, ReportError, array, attr, child_groups, color, heatmap_grid, is_group,
+                     layer_label, scalar)
 
 KIND = "geometry"
 DESCRIPTION = "/geometry: expert weight overlap heat map per layer, weight MSO per layer"
 
 
 def applies(f):
-    return "geometry" in f and len(child_groups(f["geometry"])) > 0
+    return is_group(f, "geometry") and len(child_groups(f["geometry"])) > 0
 
 
 def layers(f):

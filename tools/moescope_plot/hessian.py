@@ -14,7 +14,8 @@ import re
 
 import numpy as np
 
-from .common import (DOUBLE, SINGLE, ReportError, array, attr, child_groups, color, natural_key, scalar)
+from .common import (DOUBLE, SINGLE, ReportError, array, attr, child_groups, color, group, is_group, natural_key,
+                     scalar)
 
 KIND = "hessian"
 DESCRIPTION = ("/hessian/<split>: top eigenvalues with residuals, trace +- s.e., SLQ density (log y), "
@@ -46,7 +47,7 @@ def has_results(g):
 
 
 def applies(f):
-    if "hessian" not in f:
+    if not is_group(f, "hessian"):
         return False
     return any(has_results(g) or experts(g) for _, g in splits(f))
 
@@ -124,7 +125,7 @@ def plot_density(out, ss):
     ax = fig.subplots()
     peak = 0.0
     for i, (name, g) in enumerate(ss):
-        d = g["density"]
+        d = group(g, "density")
         grid = array(d, "grid", ndim=1)
         values = array(d, "values", length=grid.size)
         peak = max(peak, float(np.nanmax(values)) if values.size else 0.0)

@@ -30,7 +30,7 @@ options = {"levels": 20, "vmax": None}
 
 
 def applies(f):
-    return "landscape" in f and "xcoordinates" in f["landscape"]
+    return is_group(f, "landscape") and "xcoordinates" in f["landscape"]
 
 
 def surfaces(g, shape):

@@ -34,7 +34,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm
 
 from .common import (DOUBLE, LINESTYLES, MARKERS, SINGLE, ReportError, array, attr, color, draw_fit, fmt_p,
-                     grid_shape, hide_unused, pearson, sanitise, spans_decades, strings)
+                     grid_shape, group, hide_unused, is_group, pearson, sanitise, spans_decades, strings)
 
 KIND = "sweep"
 DESCRIPTION = ("/sweep: each metric vs the strength axis (mean +- s.d. over seeds, a panel per categorical value), "
@@ -47,7 +47,7 @@ DEFAULT_Y = ["activation_overlap", "activation_mso", "activation_mean_overlap"]
 
 
 def applies(f):
-    return "sweep" in f and "metrics" in f["sweep"] and len(f["sweep"]["metrics"].keys()) > 0
+    return is_group(f, "sweep") and is_group(f["sweep"], "metrics") and len(f["sweep"]["metrics"].keys()) > 0
 
 
 class Table:
@@ -72,7 +72,7 @@ class Table:
             self.labels[name] = str(attr(mg[name], "label", "")) or name
         self.status = strings(g, "status", self.n) if "status" in g else ["complete"] * self.n
         self.coords = {}
-        cg = g["coords"] if "coords" in g else {}
+        cg = group(g, "coords") if "coords" in g else {}
         for key in cg.keys():
             ds = cg[key]
             if isinstance(ds, h5py.Dataset) and h5py.check_string_dtype(ds.dtype) is not None:
@@ -334,7 +334,8 @@ def plot_pair(t, out, xm, ym):
     leg = ax.legend(loc="best", fontsize=5.5)
     if t.strength:  # marker keys in grey: colour means strength, not the first point's strength
         for h in getattr(leg, "legend_handles", None) or getattr(leg, "legendHandles", []):
-            if hasattr(h, "set_facecolor") and not hasattr(h, "get_xdata"):
+            if hasattr(h, "set_array") and not hasattr(h, "get_xdata"):
+                h.set_array(None)  # else the colour map paints over the face colour
                 h.set_facecolor("0.6")
     out.save(fig, sanitise(f"sweep_{xm}_vs_{ym}"))
 

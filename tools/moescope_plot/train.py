@@ -13,14 +13,15 @@ import json
 
 import numpy as np
 
-from .common import DOUBLE, SINGLE, ReportError, array, attr, auto_log_y, color, expert_ticks, grid_shape, hide_unused, scalar
+from .common import (DOUBLE, SINGLE, ReportError, array, attr, auto_log_y, color, expert_ticks, grid_shape, group,
+                     hide_unused, is_dataset, is_group, scalar)
 
 KIND = "train"
 DESCRIPTION = "/train (log.h5): loss, validation loss/accuracy, learning rate, expert load (layer 0), regularisers"
 
 
 def applies(f):
-    if "train" not in f or "step" not in f["train"]:
+    if not is_group(f, "train") or not is_dataset(f["train"], "step"):
         return False
     return f["train"]["step"].shape not in ((), (0,))
 
@@ -151,7 +152,7 @@ def plot(f, out):
             out.save(fig, "training_expert_load")
 
     if "regularisers" in t:
-        r = t["regularisers"]
+        r = group(t, "regularisers")
         terms = []
         for name in sorted(r.keys()):
             v = array(r, name, ndim=2)

@@ -414,6 +414,11 @@ def png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
+def read_bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def build(path, *writers):
     with h5py.File(path, "w") as f:
         provenance(f, os.path.basename(path))
@@ -576,6 +581,40 @@ class TestCli(Base):
         self.assertIn("/geometry/layer_00/overlap", err)
         self.assertIn("square", err)
 
+    def test_damaged_structure_exits_2(self):
+        # Groups where datasets belong and the reverse: a one-line input error naming file and path, never a crash.
+        def density_dataset(f):
+            write_hessian(f, splits=("train",))
+            del f["hessian/train/density"]
+            f["hessian/train/density"] = np.zeros(3)
+
+        def regularisers_dataset(f):
+            write_train(f)
+            del f["train/regularisers"]
+            f["train/regularisers"] = np.zeros(3)
+
+        def string_metric(f):
+            write_full_sweep(f)
+            del f["sweep/metrics/test_acc"]
+            f["sweep/metrics"].create_dataset("test_acc", data=["a"] * 30, dtype=STR)
+
+        def short_load(f):
+            g = write_activations(f, layers=1, E=4)
+            del g["layer_00/load"]
+            g["layer_00/load"] = np.ones(3) / 3
+
+        for writer, where in ((density_dataset, "/hessian/train/density"),
+                              (regularisers_dataset, "/train/regularisers"),
+                              (string_metric, "/sweep/metrics/test_acc"),
+                              (short_load, "/activations/layer_00/load")):
+            with self.subTest(where=where):
+                p = build(self.path(f"{writer.__name__}.h5"), writer)
+                rc, _, err = self.cli(p, "-o", self.out, "--format", "png")
+                self.assertEqual(rc, 2, err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                self.assertIn(f"{writer.__name__}.h5", err)
+                self.assertIn(where, err)
+
     def test_bad_usage_exits_2(self):
         p = build(self.path("g.h5"), write_geometry)
         for args in (["--only", "nonsense"], ["--format", "gif"], ["--levels", "1"], ["--sweep-pair", "a"]):
@@ -608,11 +647,11 @@ class TestCli(Base):
             self.assertIn(n, names)
         self.assertFalse(any(n.endswith(".tmp") for n in names))
         # Same report, same bytes (PNG and PDF: no time stamps).
-        first = {n: open(os.path.join(self.out, n), "rb").read() for n in names}
+        first = {n: read_bytes(os.path.join(self.out, n)) for n in names}
         shutil.rmtree(self.out)
         self.cli(a, l1, l2, "-o", self.out)
         for n in names:
-            self.assertEqual(open(os.path.join(self.out, n), "rb").read(), first[n], n)
+            self.assertEqual(read_bytes(os.path.join(self.out, n)), first[n], n)
 
 
 class TestKinds(Base):
