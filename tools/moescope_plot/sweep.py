@@ -225,11 +225,17 @@ def plot_metric_vs_strength(t, out, m):
     if failed:
         note += f"; {failed} failed point{'s' if failed > 1 else ''} left out"
     first = axes.flat[0]
-    if t.line_axes:
-        first.legend(loc="best", title=note)
-    else:
+    if not t.line_axes:
         first.plot([], [], " ", label=note)
-        first.legend(loc="best", handlelength=0)
+    handles, labels = first.get_legend_handles_labels()
+    kw = {"title": note} if t.line_axes else {"handlelength": 0}
+    if P < rows * cols:  # a free panel: the legend goes there, off the data
+        spare = axes.flat[P]
+        spare.set_visible(True)
+        spare.axis("off")
+        spare.legend(handles, labels, loc="center", **kw)
+    else:
+        first.legend(loc="best", **kw)
     fig.suptitle(f"{t.labels[m]} vs {short(t.strength)}")
     out.save(fig, f"sweep_{m}")
 

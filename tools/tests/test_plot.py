@@ -927,6 +927,34 @@ class TestSweep(Base):
             np.testing.assert_allclose(half, want, rtol=1e-12)
             plt.close("all")
 
+    def test_numeric_axis_besides_strength_gives_lines(self):
+        # head (4 values: 4 panels on a 3-column grid), lr (a second numeric axis: one line each), strength, seed.
+        rows = [(h, lr, s, sd) for h in ("dense", "sparse", "soft", "gated") for lr in (1e-3, 3e-3)
+                for s in (0.0, 0.01, 0.1, 1.0) for sd in (0, 1)]
+        acc = np.array([0.7 + 0.01 * i for i in range(len(rows))])
+        p = self.path("sweep.h5")
+        with h5py.File(p, "w") as f:
+            provenance(f, "sweep --collect")
+            write_sweep(f, rows, {"test_acc": acc}, ["complete"] * len(rows),
+                        ["model.head", "train.optim.lr", "w", "seed"], "w", "seed",
+                        {"model.head": [r[0] for r in rows], "train.optim.lr": [r[1] for r in rows],
+                         "w": [r[2] for r in rows], "seed": [float(r[3]) for r in rows]})
+        fig = self.keep(p)["sweep_test_acc"]
+        gated = fig.axes[3]
+        self.assertEqual(gated.get_title(), "head = gated")
+        for lr, marker in ((1e-3, "o"), (3e-3, "s")):
+            bars = [c for c in gated.containers if c.get_label() == f"lr = {lr:g}"]
+            self.assertEqual(len(bars), 1, [c.get_label() for c in gated.containers])
+            line = bars[0].lines[0]  # an errorbar's data line; the label is the container's
+            self.assertEqual(line.get_marker(), marker)
+            want = [np.mean([a for r, a in zip(rows, acc) if r[0] == "gated" and r[1] == lr and r[2] == s])
+                    for s in (0.0, 0.01, 0.1, 1.0)]
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-14)
+        # The legend sits in the free fifth panel, which shows no axes.
+        spare = fig.axes[4]
+        self.assertFalse(spare.axison)
+        self.assertEqual([t.get_text() for t in spare.get_legend().get_texts()], ["lr = 0.001", "lr = 0.003"])
+
     def test_categorical_only_bars(self):
         rows, m, status = sweep_table(heads=["dense", "sparse", "soft"], strengths=[0.0], seeds=[0, 1])
         p = self.path("sweep_cat.h5")
