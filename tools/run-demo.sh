@@ -26,7 +26,8 @@ final="$run/step_$last"
 "$bin" hessian "$final" --split train,test --top-k 3 --trace hutch++ --probes 30 --max-samples 500 --keep-graph \
   -o "$out/hessian.h5"
 # 6. Figures.
-/usr/bin/python3 tools/plot_report.py "$run/log.h5" -o "$out/figures"
-/usr/bin/python3 tools/plot_report.py "$out/activations.h5" -o "$out/figures"
-/usr/bin/python3 tools/plot_landscape.py "$out/landscape.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot.py "$run/log.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot.py "$out/activations.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot.py "$out/landscape.h5" -o "$out/figures"
+/usr/bin/python3 tools/plot.py "$out/hessian.h5" -o "$out/figures"
 echo "run: $run   reports: $out/*.h5   figures: $out/figures/"

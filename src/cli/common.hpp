@@ -75,5 +75,6 @@ void add_train(CLI::App& app, Context& ctx);
 void add_landscape(CLI::App& app, Context& ctx);
 void add_activations(CLI::App& app, Context& ctx);
 void add_hessian(CLI::App& app, Context& ctx);
+void add_plot(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli

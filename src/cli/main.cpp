@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   cli::add_landscape(app, ctx);
   cli::add_activations(app, ctx);
   cli::add_hessian(app, ctx);
+  cli::add_plot(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);

@@ -1,8 +1,6 @@
 // `moescope geometry`: the report, its provenance, reproducibility, atomic writes; the figures drawn from it.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 
 #include "moescope/io/report.hpp"
@@ -59,23 +57,24 @@ TEST(Cli, FailedRunLeavesTheOldReportUntouched) {
   EXPECT_FALSE(testing::file_exists(out + ".tmp"));
 }
 
-TEST(Cli, PlotScriptDrawsTheGeometryFigures) {
+TEST(Cli, PlotDrawsTheGeometryFigures) {
   if (std::system("/usr/bin/python3 -c 'import h5py, matplotlib, numpy' >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "/usr/bin/python3 with h5py, matplotlib and numpy is not installed";
   TempDir dir;
   const std::string ckpt = small_checkpoint(dir);
   ASSERT_EQ(run_moescope({"geometry", ckpt, "-o", dir.file("r.h5")}).exit_code, 0);
-  const std::string cmd = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
-                          dir.file("r.h5") + " -o " + dir.file("fig") + " >/dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto r = run_moescope({"plot", dir.file("r.h5"), "-o", dir.file("fig")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* f : {"geometry_overlap.png", "geometry_overlap.pdf", "geometry_mso.png", "geometry_mso.pdf"})
     EXPECT_GT(testing::read_bytes(dir.file("fig/") + f).size(), 1000u) << f;
-  // a missing report: exit 2 and a message naming it
-  const std::string bad = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/plot_report.py " +
-                          dir.file("absent.h5") + " -o " + dir.file("fig2") + " 2>" + dir.file("err");
-  EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 2);
-  const auto err = testing::read_bytes(dir.file("err"));
-  EXPECT_NE(std::string(err.begin(), err.end()).find("absent.h5"), std::string::npos);
+  // a missing report: exit 2 and one line naming it
+  r = run_moescope({"plot", dir.file("absent.h5"), "-o", dir.file("fig2")});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("absent.h5"), std::string::npos) << r.err;
+  EXPECT_EQ(line_count(r.err), 1) << r.err;
+  r = run_moescope({"plot", "--list-kinds"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("hessian"), std::string::npos) << r.out;
 }
 
 }  // namespace
