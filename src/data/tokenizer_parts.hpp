@@ -58,13 +58,13 @@ struct Span {
 class Regex {
  public:
   /// Compiles `pattern`, or matches it literally when `literal`. `where` ("<file>: <json path>") starts the
-  /// messages. Throws InputError for a pattern PCRE2 rejects or one using \w \W \b \B \h \H or an inline
-  /// m / s option (their meaning differs between Oniguruma and PCRE2).
+  /// messages. Ruby's \uHHHH becomes \x{HHHH}; \s and \S become explicit Unicode White_Space classes (PCRE2's
+  /// \s also takes U+180E). Throws InputError for a pattern PCRE2 rejects or one using \w \W \b \B \h \H, \S in
+  /// a class, POSIX or nested classes, class intersection, or an inline m / s option (the engines differ there).
   Regex(std::string_view pattern, bool literal, std::string where);
-  /// The matches in `subject` (well-formed UTF-8), in order, as the onig crate's find_iter yields them:
-  /// each search starts where the last match ended; an empty match moves the next search one character on,
-  /// and an empty match found right after a non-empty one is skipped. Throws InputError on a PCRE2 matching
-  /// error (match or depth limit).
+  /// The matches in `subject` (well-formed UTF-8), in order, as the onig crate's find_iter (6.5) yields them:
+  /// each search starts where the last match ended, and an empty match where the last match ended is dropped
+  /// and the search moved one character on. Throws InputError on a PCRE2 matching error (match or depth limit).
   void find_all(std::string_view subject, std::vector<Span>& out) const;
 
  private:

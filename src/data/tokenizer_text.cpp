@@ -313,7 +313,8 @@ void Regex::find_all(std::string_view s, std::vector<Span>& out) const {
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   const std::size_t n = s.size();
   std::size_t last_end = 0;
-  bool skip_next_empty = false;
+  bool matched = false;  // last_match_end is set
+  std::size_t last_match_end = 0;
   while (last_end <= n) {
     int rc = jit_ ? pcre2_jit_match(code_.get(), subject, n, last_end, 0, st.data, st.context)
                   : pcre2_match(code_.get(), subject, n, last_end, PCRE2_NO_UTF_CHECK, st.data, st.context);
@@ -325,17 +326,14 @@ void Regex::find_all(std::string_view s, std::vector<Span>& out) const {
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(st.data);
     const std::size_t ms = ov[0], me = ov[1];
     if (ms > me || me > n) throw InputError(where_ + ": regex reported a match outside the text (\\K?)");
-    last_end = me;
-    if (me == ms) {
-      const std::size_t step = me < n ? utf8_length_at(s, me) : 1;
+    if (ms == me && matched && last_match_end == me) {  // an empty match where the last one ended: step on
+      const std::size_t step = last_end < n ? utf8_length_at(s, last_end) : 1;
       last_end += step == 0 ? 1 : step;
-      if (skip_next_empty) {
-        skip_next_empty = false;
-        continue;
-      }
-    } else {
-      skip_next_empty = true;
+      continue;
     }
+    last_end = me;
+    last_match_end = me;
+    matched = true;
     out.push_back({ms, me});
   }
 }

@@ -197,6 +197,12 @@ def variants():
              split(r"[aeiou]", "Contiguous"), split(r"x+", "Removed"), split(r"[^\s]+", "Removed", invert=True),
              {"type": "Digits", "individual_digits": False}, bytelevel(True, True)]},
          "decoder": bl_dec, "added_tokens": []},
+        {"name": "empty_matches", "base": "bpe_bytelevel.json",
+         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+             split(r"[a-z]*", "MergedWithNext"), split(r"e|(?=o)", "MergedWithNext"), split(r"(?=[A-Z])", "MergedWithPrevious"),
+             split(r"^\s*\p{L}", "Isolated"), split(r"\p{P}$", "MergedWithPrevious"), split(r"\d*", "Contiguous"),
+             split(r"\u00e9|\x{4e2d}|\x41", "Isolated"), bytelevel()]},
+         "decoder": bl_dec, "added_tokens": []},
         {"name": "added_flags", "base": "bpe_bytelevel.json", "normalizer": {"type": "NFD"},
          "pre_tokenizer": bytelevel(False, True), "decoder": bl_dec,
          "added_tokens": [added("<mask>", lstrip=True), added("<r>", special=False, rstrip=True),
