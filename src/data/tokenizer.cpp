@@ -3,6 +3,7 @@
 #include "moescope/data/tokenizer.hpp"
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -139,6 +140,17 @@ Behavior get_behavior(const json& v, const At& at) {
 // The library's NormalizedString::split: `matches` cover no text or all of it in order; returns the kept,
 // non-empty pieces.
 void split_by(std::size_t n, const std::vector<Span>& found, Behavior behavior, bool invert, std::vector<Span>& out) {
+  out.clear();
+  if (behavior == Behavior::Isolated && !invert) {  // the common case: every match and every gap, in order
+    std::size_t prev = 0;
+    for (const Span& m : found) {
+      if (prev < m.begin) out.push_back({prev, m.begin});
+      if (m.begin < m.end) out.push_back(m);
+      prev = m.end;
+    }
+    if (prev < n) out.push_back({prev, n});
+    return;
+  }
   struct Part {
     Span span;
     bool match;
@@ -205,6 +217,32 @@ void split_by(std::size_t n, const std::vector<Span>& found, Behavior behavior, 
     if (!p.match && p.span.end > p.span.begin) out.push_back(p.span);
   }
 }
+
+// Two span vectors per nesting level of pre-tokenisers, reused across calls on this thread (run() calls nest
+// through the sinks, so each level needs its own).
+class SpanScratch {
+ public:
+  SpanScratch() : level_(depth()++) {
+    auto& pool = pools();
+    if (pool.size() <= level_) pool.resize(level_ + 1);
+  }
+  ~SpanScratch() { --depth(); }
+  SpanScratch(const SpanScratch&) = delete;
+  SpanScratch& operator=(const SpanScratch&) = delete;
+  std::vector<Span>& found() { return pools()[level_].first; }
+  std::vector<Span>& parts() { return pools()[level_].second; }
+
+ private:
+  static std::size_t& depth() {
+    thread_local std::size_t d = 0;
+    return d;
+  }
+  static std::deque<std::pair<std::vector<Span>, std::vector<Span>>>& pools() {  // deque: growing keeps references
+    thread_local std::deque<std::pair<std::vector<Span>, std::vector<Span>>> p;
+    return p;
+  }
+  std::size_t level_;
+};
 
 // --------------------------------------------------------------------------------------- normalisers
 
@@ -293,6 +331,13 @@ std::unique_ptr<Normalizer> parse_normalizer(const json& j, const At& at) {
 struct PieceSink {
   virtual ~PieceSink() = default;
   virtual void take(std::string_view piece, bool at_origin) = 0;
+  // A piece given as raw bytes; its text is their GPT-2 byte-level mapping. The model takes the bytes directly.
+  virtual void take_bytes(std::string_view raw, bool at_origin) {
+    std::string mapped;
+    mapped.reserve(2 * raw.size());
+    for (char b : raw) mapped += detail::byte_level_chars()[static_cast<unsigned char>(b)];
+    take(mapped, at_origin);
+  }
 };
 
 struct PreTokenizer {
@@ -306,7 +351,9 @@ struct SplitPreTokenizer final : PreTokenizer {
   Behavior behavior = Behavior::Isolated;
   bool invert = false;
   void run(std::string_view piece, bool at_origin, PieceSink& next) const override {
-    std::vector<Span> found, parts;
+    SpanScratch scratch;
+    std::vector<Span>&found = scratch.found(), &parts = scratch.parts();
+    found.clear();
     if (!piece.empty()) regex->find_all(piece, found);
     split_by(piece.size(), found, behavior, invert, parts);
     for (const Span& p : parts) next.take(piece.substr(p.begin, p.end - p.begin), at_origin && p.begin == 0);
@@ -326,18 +373,13 @@ struct ByteLevelPreTokenizer final : PreTokenizer {
       prefixed.append(" ").append(piece);
       piece = prefixed;
     }
-    const auto& chars = detail::byte_level_chars();
-    std::string mapped;
-    auto emit = [&](std::string_view part, bool origin) {
-      mapped.clear();
-      for (char b : part) mapped += chars[static_cast<unsigned char>(b)];
-      next.take(mapped, origin);
-    };
+    auto emit = [&](std::string_view part, bool origin) { next.take_bytes(part, origin); };
     if (!regex) {
       if (!piece.empty()) emit(piece, at_origin);
       return;
     }
-    std::vector<Span> found, parts;
+    SpanScratch scratch;
+    std::vector<Span>&found = scratch.found(), &parts = scratch.parts();
     regex->find_all(piece, found);
     split_by(piece.size(), found, Behavior::Isolated, false, parts);
     for (const Span& p : parts) emit(piece.substr(p.begin, p.end - p.begin), at_origin && p.begin == 0);
@@ -389,7 +431,9 @@ struct MetaspacePreTokenizer final : PreTokenizer {
       if (!s.empty()) next.take(s, at_origin);
       return;
     }
-    std::vector<Span> found, parts;
+    SpanScratch scratch;
+    std::vector<Span>&found = scratch.found(), &parts = scratch.parts();
+    found.clear();
     if (!s.empty()) split->find_all(s, found);
     split_by(s.size(), found, Behavior::MergedWithNext, false, parts);
     for (const Span& p : parts) next.take(std::string_view(s).substr(p.begin, p.end - p.begin), at_origin && p.begin == 0);
@@ -832,10 +876,10 @@ struct Tokenizer::Impl {
   TokenTrie raw_trie, normalized_trie;
   std::int64_t vocab_size = 0;
 
-  // Runs added-token extraction, normalisation and pre-tokenisation; calls token(id) for added tokens and
-  // piece(text) for the pieces the model is to encode.
-  template <class OnToken, class OnPiece>
-  void split(std::string_view text, OnToken&& on_token, OnPiece&& on_piece) const;
+  // Runs added-token extraction, normalisation and pre-tokenisation; calls on_token(token) for added tokens
+  // and passes the pieces the model is to encode to `last`.
+  template <class OnToken>
+  void split(std::string_view text, OnToken&& on_token, PieceSink& last) const;
 };
 
 namespace {
@@ -851,28 +895,39 @@ class StageSink final : public PieceSink {
   PieceSink* next_;
 };
 
-template <class F>
-class CallbackSink final : public PieceSink {
+// The end of the chain for encode: pieces go to the model.
+class ModelSink final : public PieceSink {
  public:
-  explicit CallbackSink(F& f) : f_(f) {}
+  ModelSink(const detail::BpeModel& model, std::vector<std::int32_t>& ids) : model_(model), ids_(ids) {}
+  void take(std::string_view piece, bool) override { model_.encode_word(piece, ids_); }
+  void take_bytes(std::string_view raw, bool) override { model_.encode_bytes(raw, ids_); }
+
+ private:
+  const detail::BpeModel& model_;
+  std::vector<std::int32_t>& ids_;
+};
+
+// The end of the chain for pre_tokenize: pieces are collected.
+class CollectSink final : public PieceSink {
+ public:
+  explicit CollectSink(std::vector<std::string>& pieces) : pieces_(pieces) {}
   void take(std::string_view piece, bool) override {
-    if (!piece.empty()) f_(piece);
+    if (!piece.empty()) pieces_.emplace_back(piece);
   }
 
  private:
-  F& f_;
+  std::vector<std::string>& pieces_;
 };
 
 }  // namespace
 
-template <class OnToken, class OnPiece>
-void Tokenizer::Impl::split(std::string_view text, OnToken&& on_token, OnPiece&& on_piece) const {
+template <class OnToken>
+void Tokenizer::Impl::split(std::string_view text, OnToken&& on_token, PieceSink& last) const {
   std::string cleaned;
   if (!detail::utf8_valid(text)) {
     cleaned = detail::utf8_replace_invalid(text);
     text = cleaned;
   }
-  CallbackSink<std::remove_reference_t<OnPiece>> last(on_piece);
   std::vector<StageSink> stages;
   stages.reserve(pre_tokenizers.size());
   for (std::size_t k = pre_tokenizers.size(); k-- > 0;) {
@@ -1058,16 +1113,16 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
   std::vector<std::int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (add_special && im.has_post) ids = im.post.before;
-  auto on_piece = [&](std::string_view piece) { im.model->encode_word(piece, ids); };
-  im.split(text, [&](const AddedToken& t) { ids.push_back(t.id); }, on_piece);
+  ModelSink sink(*im.model, ids);
+  im.split(text, [&](const AddedToken& t) { ids.push_back(t.id); }, sink);
   if (add_special && im.has_post) ids.insert(ids.end(), im.post.after.begin(), im.post.after.end());
   return ids;
 }
 
 std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
   std::vector<std::string> pieces;
-  auto on_piece = [&](std::string_view piece) { pieces.emplace_back(piece); };
-  impl_->split(text, [&](const AddedToken& t) { pieces.push_back(t.content); }, on_piece);
+  CollectSink sink(pieces);
+  impl_->split(text, [&](const AddedToken& t) { pieces.push_back(t.content); }, sink);
   return pieces;
 }
 

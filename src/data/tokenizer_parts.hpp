@@ -82,6 +82,58 @@ int byte_level_byte(char32_t c);
 
 // ---------------------------------------------------------------------------------------------- BPE
 
+/// An open-addressing hash map from 64-bit keys (never ~0) to 64-bit values: the merge table.
+class FlatMap64 {
+ public:
+  void reserve(std::size_t n);
+  /// Inserts or overwrites.
+  void set(std::uint64_t key, std::uint64_t value);
+  /// The value of key, or nullptr.
+  const std::uint64_t* find(std::uint64_t key) const {
+    if (slots_.empty()) return nullptr;
+    for (std::size_t i = slot_of(key);; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.key == key) return &s.value;
+      if (s.key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr std::uint64_t kEmpty = ~std::uint64_t{0};
+  struct Slot {
+    std::uint64_t key = kEmpty;
+    std::uint64_t value = 0;
+  };
+  std::size_t slot_of(std::uint64_t key) const {
+    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_) & mask_;
+  }
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0, count_ = 0;
+  int shift_ = 0;
+};
+
+/// Words already encoded: an open-addressing table of (word, ids) with the bytes and ids in two arenas;
+/// it stops taking words when full (as the library's cache does).
+class WordCache {
+ public:
+  explicit WordCache(std::size_t max_words) : max_words_(max_words) {}
+  /// Appends the ids of `word` to out and returns true when cached.
+  bool find(std::string_view word, std::size_t hash, std::vector<std::int32_t>& out) const;
+  void insert(std::string_view word, std::size_t hash, const std::int32_t* ids, std::size_t n);
+
+ private:
+  struct Slot {
+    std::size_t hash = 0;
+    std::uint32_t key = 0, key_len = 0, ids = 0, ids_len = 0;
+    bool used = false;
+  };
+  std::size_t max_words_;
+  std::size_t count_ = 0;
+  std::vector<Slot> slots_;
+  std::string keys_;
+  std::vector<std::int32_t> ids_;
+};
+
 /// A BPE model: vocabulary, ranked merges, unknown-token and byte-fallback rules, and a word cache.
 class BpeModel {
  public:
@@ -100,6 +152,9 @@ class BpeModel {
   /// Appends the ids of one pre-tokenised word (well-formed UTF-8). Throws InputError when an unknown
   /// character needs unk_token and the vocabulary lacks it.
   void encode_word(std::string_view word, std::vector<std::int32_t>& out) const;
+  /// The same for the word whose GPT-2 byte-level mapping is byte_level_chars() of each byte of `raw`, without
+  /// building that mapping when the vocabulary holds all 256 byte characters.
+  void encode_bytes(std::string_view raw, std::vector<std::int32_t>& out) const;
 
   std::optional<std::int32_t> id(std::string_view token) const;
   const std::string* token(std::int32_t id) const;
@@ -107,11 +162,10 @@ class BpeModel {
   std::int32_t max_id() const { return max_id_; }
 
  private:
-  struct Merge {
-    std::uint32_t rank;
-    std::int32_t new_id;
-  };
-  void merge_word(std::string_view word, std::vector<std::int32_t>& ids) const;
+  // Appends the initial symbols of `word` (characters, byte tokens, unk) to sym.
+  void initial_symbols(std::string_view word, std::vector<std::int32_t>& sym) const;
+  // Merges sym in place.
+  void merge(std::vector<std::int32_t>& sym) const;
   std::int32_t unk_id() const;
 
   Options options_;
@@ -119,14 +173,19 @@ class BpeModel {
   std::vector<std::string> tokens_;  // storage; the maps below view into it
   std::unordered_map<std::string_view, std::int32_t> vocab_;
   std::unordered_map<std::int32_t, std::size_t> by_id_;  // id -> index into tokens_
-  std::unordered_map<std::uint64_t, Merge> merges_;      // (left id << 32 | right id) -> rank, merged id
+  FlatMap64 merges_;                                      // (left id << 32 | right id) -> (rank << 32 | merged id)
+  std::vector<std::int32_t> bmp_ids_;                     // id of each one-character token below U+10000, or -1
   std::array<std::int32_t, 256> byte_ids_{};              // "<0xXX>" ids, -1 when absent
+  std::array<std::int32_t, 256> byte_level_ids_{};        // id of the byte-level character of each byte
+  bool byte_level_complete_ = false;                      // all 256 of them are tokens
+  std::unordered_map<std::string, std::int32_t> raw_vocab_;  // byte-level tokens as raw bytes (ignore_merges)
   std::int32_t max_id_ = -1;
 
   static constexpr std::size_t kCacheWords = 1 << 16;  // words remembered (the library keeps 10,000)
   static constexpr std::size_t kCacheMaxBytes = 256;   // longer words are not cached (as the library)
   mutable std::mutex cache_mutex_;
-  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
+  mutable WordCache cache_{kCacheWords};      // words as given to encode_word
+  mutable WordCache raw_cache_{kCacheWords};  // raw words given to encode_bytes
 };
 
 }  // namespace moescope::detail
