@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moescope/util/error.hpp"
+#include "tokenizer_parts.hpp"  // detail::printable
 
 namespace moescope {
 
@@ -99,19 +100,19 @@ std::vector<std::int32_t> parse_text(std::string_view s, const std::string& name
     const std::string_view word = s.substr(start, i - start);
     const std::string where = "line " + std::to_string(line) + ", position " + std::to_string(out.size());
     std::size_t k = word[0] == '-' ? 1 : 0;
-    if (k == word.size()) fail_input(name, where + ": '" + std::string(word.substr(0, 40)) + "' is not an integer");
+    if (k == word.size()) fail_input(name, where + ": '" + detail::printable(word, 40) + "' is not an integer");
     std::uint64_t v = 0;
     bool overflow = false;
     for (; k < word.size(); ++k) {
       const char c = word[k];
       if (c < '0' || c > '9') {
-        fail_input(name, where + ": '" + std::string(word.substr(0, 40)) + "' is not an integer");
+        fail_input(name, where + ": '" + detail::printable(word, 40) + "' is not an integer");
       }
       if (v > (std::numeric_limits<std::uint64_t>::max() - 9) / 10) overflow = true;
       else v = v * 10 + static_cast<std::uint64_t>(c - '0');
     }
     if (word[0] == '-' || overflow || v >= static_cast<std::uint64_t>(limit)) {
-      fail_input(name, where + ": id " + std::string(word.substr(0, 40)) + " is outside the vocabulary [0, " +
+      fail_input(name, where + ": id " + detail::printable(word, 40) + " is outside the vocabulary [0, " +
                            std::to_string(limit) + ")");
     }
     out.push_back(static_cast<std::int32_t>(v));
@@ -254,7 +255,7 @@ std::vector<std::int32_t> parse_npy(std::string_view s, const std::string& name,
   IntType t;
   if (descr.size() != 3 || (descr[0] != '<' && descr[0] != '>' && descr[0] != '|' && descr[0] != '=') ||
       (descr[1] != 'i' && descr[1] != 'u') || (descr[2] != '1' && descr[2] != '2' && descr[2] != '4' && descr[2] != '8')) {
-    fail_input(name, "npy dtype '" + descr + "' is not an integer type (i1 i2 i4 i8 u1 u2 u4 u8)");
+    fail_input(name, "npy dtype '" + detail::printable(descr) + "' is not an integer type (i1 i2 i4 i8 u1 u2 u4 u8)");
   }
   t.is_signed = descr[1] == 'i';
   t.size = static_cast<std::size_t>(descr[2] - '0');
@@ -305,12 +306,13 @@ std::vector<std::int32_t> parse_safetensors(std::string_view s, const std::strin
   std::string tensor;
   for (const auto& [key, v] : h.items()) {
     if (key == "__metadata__") continue;
-    if (entry) fail_input(name, "holds more than one tensor ('" + tensor + "', '" + key + "'); token ids need exactly one");
+    if (entry) fail_input(name, "holds more than one tensor ('" + detail::printable(tensor) + "', '" + detail::printable(key) +
+                           "'); token ids need exactly one");
     entry = &v;
     tensor = key;
   }
   if (!entry) fail_input(name, "holds no tensor");
-  const std::string at = "tensor '" + tensor + "': ";
+  const std::string at = "tensor '" + detail::printable(tensor) + "': ";
   if (!entry->is_object() || !entry->contains("dtype") || !entry->contains("shape") || !entry->contains("data_offsets")) {
     fail_input(name, at + "needs dtype, shape and data_offsets");
   }
@@ -326,7 +328,7 @@ std::vector<std::int32_t> parse_safetensors(std::string_view s, const std::strin
   else if (dtype == "U32") t = {4, false, false};
   else if (dtype == "I64") t = {8, true, false};
   else if (dtype == "U64") t = {8, false, false};
-  else fail_input(name, at + "dtype " + dtype + " is not an integer type (I8 U8 I16 U16 I32 U32 I64 U64)");
+  else fail_input(name, at + "dtype " + detail::printable(dtype) + " is not an integer type (I8 U8 I16 U16 I32 U32 I64 U64)");
   const json& shape = (*entry)["shape"];
   if (!shape.is_array()) fail_input(name, at + "shape is not an array");
   std::uint64_t numel = 1;

@@ -33,7 +33,7 @@ struct At {
   At sub(const std::string& key) const { return At{file, path.empty() ? key : path + "." + key}; }
   At index(std::size_t i) const { return At{file, path + "[" + std::to_string(i) + "]"}; }
   std::string where() const { return file + ": " + path; }
-  [[noreturn]] void fail(const std::string& what) const { throw InputError(where() + " " + what); }
+  [[noreturn]] void fail(const std::string& what) const { throw InputError(detail::printable(where() + " " + what, 4000)); }
 };
 
 std::string json_kind(const json& j) {
@@ -95,7 +95,7 @@ std::int32_t get_id(const json& v, const At& at) {
 char32_t get_char(const json& v, const At& at) {
   const std::string s = get_string(v, at);
   std::size_t i = 0;
-  if (s.empty() || detail::utf8_length_at(s, 0) != s.size()) at.fail("'" + s + "' is not a single character");
+  if (s.empty() || detail::utf8_length_at(s, 0) != s.size()) at.fail("'" + detail::printable(s) + "' is not a single character");
   return detail::utf8_next(s, i);
 }
 
@@ -105,7 +105,7 @@ std::string type_of(const json& obj, const At& at) {
 }
 
 [[noreturn]] void unsupported_type(const std::string& type, const At& at) {
-  at.sub("type").fail("'" + type + "' is not supported");
+  at.sub("type").fail("'" + detail::printable(type) + "' is not supported");
 }
 
 // {"String": s} (matched literally) or {"Regex": r}.
@@ -120,7 +120,7 @@ std::shared_ptr<const Regex> get_pattern(const json& obj, const At& at) {
   if (const auto it = p.find("Regex"); it != p.end()) {
     return std::make_shared<Regex>(get_string(*it, pat.sub("Regex")), false, pat.sub("Regex").where());
   }
-  pat.fail("'" + p.begin().key() + "' is not 'String' or 'Regex'");
+  pat.fail("'" + detail::printable(p.begin().key()) + "' is not 'String' or 'Regex'");
 }
 
 // ---------------------------------------------------------------------------------------- splitting
@@ -134,7 +134,7 @@ Behavior get_behavior(const json& v, const At& at) {
   if (b == "MergedWithPrevious") return Behavior::MergedWithPrevious;
   if (b == "MergedWithNext") return Behavior::MergedWithNext;
   if (b == "Contiguous") return Behavior::Contiguous;
-  at.fail("'" + b + "' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous");
+  at.fail("'" + detail::printable(b) + "' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous");
 }
 
 // The library's NormalizedString::split: `matches` cover no text or all of it in order; returns the kept,
@@ -399,7 +399,7 @@ PrependScheme get_prepend_scheme(const json& j, const At& at) {
     if (v == "first") s = PrependScheme::First;
     else if (v == "always") s = PrependScheme::Always;
     else if (v == "never") s = PrependScheme::Never;
-    else at.sub("prepend_scheme").fail("'" + v + "' is not one of first, always, never");
+    else at.sub("prepend_scheme").fail("'" + detail::printable(v) + "' is not one of first, always, never");
   }
   if (add) {
     if (!add->is_boolean()) at.sub("add_prefix_space").fail("is " + json_kind(*add) + ", not a boolean");
@@ -708,13 +708,13 @@ void parse_post_processor(const json& j, const At& at, Template& t) {
         expect_object(*it, item.sub("SpecialToken"));
         const std::string id = get_string(required(*it, "id", item.sub("SpecialToken")), item.sub("SpecialToken.id"));
         const auto sp = specials.find(id);
-        if (sp == specials.end()) item.sub("SpecialToken.id").fail("'" + id + "' is not in special_tokens");
+        if (sp == specials.end()) item.sub("SpecialToken.id").fail("'" + detail::printable(id) + "' is not in special_tokens");
         auto& side = seen_sequence ? t.after : t.before;
         side.insert(side.end(), sp->second.begin(), sp->second.end());
       } else if (const auto sq = items[i].find("Sequence"); sq != items[i].end()) {
         expect_object(*sq, item.sub("Sequence"));
         const std::string id = get_string(required(*sq, "id", item.sub("Sequence")), item.sub("Sequence.id"));
-        if (id != "A") item.sub("Sequence.id").fail("'" + id + "' in the single template (only A is)");
+        if (id != "A") item.sub("Sequence.id").fail("'" + detail::printable(id) + "' in the single template (only A is)");
         if (seen_sequence) item.fail("repeats the sequence");
         seen_sequence = true;
       } else {
@@ -997,7 +997,7 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& name) {
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (const json* v = optional_field(*model, key)) {
-      if (!get_string(*v, m.sub(key)).empty()) m.sub(key).fail("'" + v->get<std::string>() + "' is not supported (only empty or null)");
+      if (!get_string(*v, m.sub(key)).empty()) m.sub(key).fail("'" + detail::printable(v->get<std::string>()) + "' is not supported (only empty or null)");
     }
   }
   detail::BpeModel::Options options;
@@ -1010,7 +1010,7 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& name) {
   expect_object(vocab_j, m.sub("vocab"));
   std::vector<std::pair<std::string, std::int32_t>> vocab;
   vocab.reserve(vocab_j.size());
-  for (const auto& [token, id] : vocab_j.items()) vocab.emplace_back(token, get_id(id, At{impl->name, "model.vocab['" + token + "']"}));
+  for (const auto& [token, id] : vocab_j.items()) vocab.emplace_back(token, get_id(id, At{impl->name, "model.vocab['" + detail::printable(token) + "']"}));
 
   const At mm = m.sub("merges");
   const json& merges_j = required(*model, "merges", m);
@@ -1024,7 +1024,7 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& name) {
       if (s.rfind("#version", 0) == 0) continue;  // merges.txt header line, skipped as the library does
       const auto sp = s.find(' ');
       if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-        mm.index(i).fail("'" + s + "' is not two tokens separated by one space");
+        mm.index(i).fail("'" + detail::printable(s) + "' is not two tokens separated by one space");
       }
       merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
     } else if (e.is_array() && e.size() == 2) {
@@ -1070,7 +1070,7 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& name) {
       else if (const auto mid = impl->model->id(t.content)) id = *mid;
       else id = next_id++;
       if (id != t.id) {
-        one.sub("id").fail(std::to_string(t.id) + " for '" + t.content + "' differs from the id the tokenizers library gives it, " +
+        one.sub("id").fail(std::to_string(t.id) + " for '" + detail::printable(t.content) + "' differs from the id the tokenizers library gives it, " +
                            std::to_string(id) + " (the id of the same token in model.vocab, else the next free id)");
       }
       t.pattern = t.content;
@@ -1088,9 +1088,9 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& name) {
     std::set<std::string> raw_seen, norm_seen;
     for (std::size_t k = 0; k < impl->added.size(); ++k) {
       const AddedToken& t = impl->added[k];
-      if (t.pattern.empty()) at.fail("token '" + t.content + "' normalises to the empty string");
+      if (t.pattern.empty()) at.fail("token '" + detail::printable(t.content) + "' normalises to the empty string");
       auto& seen = t.normalized ? norm_seen : raw_seen;
-      if (!seen.insert(t.pattern).second) at.fail("two tokens match the same text '" + t.pattern + "'");
+      if (!seen.insert(t.pattern).second) at.fail("two tokens match the same text '" + detail::printable(t.pattern) + "'");
       (t.normalized ? impl->normalized_trie : impl->raw_trie).add(t.pattern, static_cast<std::int32_t>(k));
     }
   }

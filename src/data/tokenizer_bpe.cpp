@@ -122,10 +122,10 @@ BpeModel::BpeModel(std::vector<std::pair<std::string, std::int32_t>> vocab,
   bmp_ids_.assign(0x10000, -1);
   for (std::size_t i = 0; i < tokens_.size(); ++i) {
     const std::string& t = tokens_[i];
-    if (!vocab_.emplace(t, ids[i]).second) throw InputError(where_ + ".vocab: token '" + t + "' appears twice");
+    if (!vocab_.emplace(t, ids[i]).second) throw InputError(where_ + ".vocab: token '" + printable(t) + "' appears twice");
     if (!by_id_.emplace(ids[i], i).second) {
-      throw InputError(where_ + ".vocab: id " + std::to_string(ids[i]) + " is given to '" + tokens_[by_id_[ids[i]]] +
-                       "' and '" + t + "'");
+      throw InputError(where_ + ".vocab: id " + std::to_string(ids[i]) + " is given to '" +
+                       printable(tokens_[by_id_[ids[i]]]) + "' and '" + printable(t) + "'");
     }
     max_id_ = std::max(max_id_, ids[i]);
     if (!t.empty() && utf8_length_at(t, 0) == t.size()) {
@@ -140,11 +140,11 @@ BpeModel::BpeModel(std::vector<std::pair<std::string, std::int32_t>> vocab,
     const auto& [a, b] = merges[rank];
     const auto ia = vocab_.find(a), ib = vocab_.find(b);
     const std::string at = where_ + ".merges[" + std::to_string(rank) + "]";
-    if (ia == vocab_.end()) throw InputError(at + ": '" + a + "' is not in the vocabulary");
-    if (ib == vocab_.end()) throw InputError(at + ": '" + b + "' is not in the vocabulary");
+    if (ia == vocab_.end()) throw InputError(at + ": '" + printable(a) + "' is not in the vocabulary");
+    if (ib == vocab_.end()) throw InputError(at + ": '" + printable(b) + "' is not in the vocabulary");
     merged.assign(a).append(b);
     const auto im = vocab_.find(merged);
-    if (im == vocab_.end()) throw InputError(at + ": the merged token '" + merged + "' is not in the vocabulary");
+    if (im == vocab_.end()) throw InputError(at + ": the merged token '" + printable(merged) + "' is not in the vocabulary");
     // a pair listed twice keeps its later rank (the library collects the list into a hash map)
     merges_.set(pair_key(ia->second, ib->second),
                 (static_cast<std::uint64_t>(rank) << 32) | static_cast<std::uint32_t>(im->second));
@@ -191,7 +191,7 @@ const std::string* BpeModel::token(std::int32_t id) const {
 std::int32_t BpeModel::unk_id() const {
   const auto it = vocab_.find(*options_.unk_token);
   if (it == vocab_.end()) {
-    throw InputError(where_ + ".unk_token '" + *options_.unk_token + "' is not in the vocabulary");
+    throw InputError(where_ + ".unk_token '" + printable(*options_.unk_token) + "' is not in the vocabulary");
   }
   return it->second;
 }

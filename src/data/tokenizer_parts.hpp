@@ -33,6 +33,9 @@ char32_t utf8_next(std::string_view s, std::size_t& i);
 void utf8_append(std::string& out, char32_t c);
 /// Number of code points of well-formed s.
 std::size_t utf8_count(std::string_view s);
+/// s for a one-line message: control characters written as \n, \r, \t or \xNN, and cut after about
+/// `max_bytes` bytes (at a character boundary) with "...".
+std::string printable(std::string_view s, std::size_t max_bytes = 80);
 
 // ------------------------------------------------------------------------------------ Unicode (ICU)
 

@@ -80,6 +80,7 @@ TEST(TokenIds, TextFiles) {
   EXPECT_TRUE(parse_token_ids(" \n\t ", "e.txt", 10).empty());
   EXPECT_EQ(parse_token_ids("007 8", "a.txt", 10), Ids({7, 8}));
   expect_input_error([] { parse_token_ids("1 2\n3 x1 4", "a.txt", 10); }, {"a.txt: line 2, position 3: 'x1' is not an integer"});
+  expect_input_error([] { parse_token_ids("1 \x01\x02", "a.txt", 10); }, {"a.txt: line 1, position 1: '\\x01\\x02' is not an integer"});
   expect_input_error([] { parse_token_ids("1 -", "a.txt", 10); }, {"a.txt: line 1, position 1: '-' is not an integer"});
   expect_input_error([] { parse_token_ids("1 2.5", "a.txt", 10); }, {"'2.5' is not an integer"});
   expect_input_error([] { parse_token_ids("\n\n9 10", "a.txt", 10); }, {"a.txt: line 3, position 1: id 10 is outside the vocabulary [0, 10)"});

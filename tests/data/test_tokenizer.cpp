@@ -272,6 +272,9 @@ TEST(TokenizerMalformed, ModelTables) {
   j["model"]["merges"] = {"a q"};
   expect_bad(j, {"tok.json: model.merges[0]: 'q' is not in the vocabulary"});
   j = minimal();
+  j["model"]["merges"] = {"a \n"};  // control characters are escaped: the message stays one line
+  expect_bad(j, {"tok.json: model.merges[0]: '\\n' is not in the vocabulary"});
+  j = minimal();
   j["model"]["merges"] = {"b a"};
   expect_bad(j, {"model.merges[0]: the merged token 'ba' is not in the vocabulary"});
   j = minimal();
