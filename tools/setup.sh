@@ -7,7 +7,7 @@ build=${1:-build}
 
 pkgs=(cmake ninja-build g++ pkg-config ccache
       libtorch-dev libopenblas0-pthread libeigen3-dev libspectra-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
-      libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev libgloo-dev
+      libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev libgloo-dev libpcre2-dev libicu-dev
       dataset-fashion-mnist python3 python3-h5py python3-matplotlib python3-numpy)
 missing=()
 for p in "${pkgs[@]}"; do
