@@ -66,7 +66,8 @@ struct SeqObj : Obj {  // Tuple, List, Set
 struct DictObj : Obj {
   DictObj() : Obj(Kind::Dict) {}
   std::vector<std::pair<Ref, Ref>> items;                  // insertion order, as Python's dict
-  std::unordered_map<std::string, std::size_t> str_index;  // string keys -> position in items
+  // string keys -> position in items; allocated with the first string key (most dicts are small or empty)
+  std::unique_ptr<std::unordered_map<std::string, std::size_t>> str_index;
 };
 struct GlobalObj : Obj {
   GlobalObj(std::string m, std::string n) : Obj(Kind::Global), module(std::move(m)), name(std::move(n)) {}
@@ -308,7 +309,8 @@ class Unpickler {
     adopt(d, key);
     adopt(d, value);
     if (key->kind == Kind::Str) {
-      const auto [it, fresh] = d.str_index.emplace(as<StrObj>(key).v, d.items.size());
+      if (!d.str_index) d.str_index = std::make_unique<std::unordered_map<std::string, std::size_t>>();
+      const auto [it, fresh] = d.str_index->emplace(as<StrObj>(key).v, d.items.size());
       if (!fresh) {  // Python keeps the first position and the last value
         d.items[it->second].second = std::move(value);
         return;

@@ -1,8 +1,11 @@
 // libFuzzer target for the torch.save reader (io/torch_pickle over io/zip). Not part of the CMake build; e.g.
-//   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -std=c++17 -Iinclude tests/fuzz/fuzz_torch_pickle.cpp \
+//   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
+//     -std=c++17 -Iinclude tests/fuzz/fuzz_torch_pickle.cpp \
 //     src/io/torch_pickle.cpp src/io/zip.cpp src/util/tensor_source.cpp src/util/tensor_convert.cpp \
 //     src/util/error.cpp -lz -o fuzz_torch_pickle
 //   ./fuzz_torch_pickle -max_len=16384 CORPUS_DIR tests/data/torch_pickle
+// FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (the usual fuzz-build macro) makes io/zip compute but not enforce
+// CRC-32s, so that mutations of data.pkl reach the pickle VM instead of stopping at the checksum.
 // Opening the bytes runs the archive parser and the pickle VM; reading every tensor runs CRC checks, inflation
 // and the strided copies. Only InputError is an acceptable way to refuse an input.
 #include <cstddef>

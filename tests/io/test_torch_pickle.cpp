@@ -57,7 +57,8 @@ TEST_P(TorchPickleFixture, MatchesWhatPyTorchWrote) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, TorchPickleFixture,
-                         ::testing::Values("dtypes", "views", "nested", "module", "parameters", "protocol4", "deflated"),
+                         ::testing::Values("dtypes", "views", "nested", "module", "parameters", "protocol4", "protocol1",
+                                           "deflated"),
                          [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
 
 TEST(TorchPickle, ViewsComeOutInRowMajorOrder) {

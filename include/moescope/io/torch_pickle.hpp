@@ -17,8 +17,9 @@
 
 namespace moescope {
 
-/// Largest data.pkl accepted (bytes, uncompressed). A state dict of 100k tensors needs about 15 MB; the
-/// unpickler's objects take up to ~100 bytes per pickle byte, so this bounds its memory.
+/// Largest data.pkl accepted (bytes, uncompressed). A state dict of 100k tensors needs about 15 MB. The
+/// unpickler's memory is linear in this: at worst ~110 bytes per pickle byte (a pickle of nothing but empty
+/// dicts), about 20 per byte for a real state dict.
 inline constexpr std::uint64_t kMaxTorchPickleBytes = std::uint64_t{256} << 20;
 /// Deepest nesting of containers (lists, tuples, dicts) accepted; Python's own unpickler manages about 1000.
 inline constexpr std::uint32_t kMaxTorchPickleDepth = 200;

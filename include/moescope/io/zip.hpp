@@ -51,6 +51,7 @@ class ZipArchive {
   /// verified. Throws InputError naming the file and member on a bad deflate stream, a size or CRC mismatch.
   ByteView read(const ZipEntry& e, std::vector<std::uint8_t>& buffer, bool check_crc = true) const;
 
+  /// The archive's name in messages.
   const std::string& file() const { return file_; }
 
  private:

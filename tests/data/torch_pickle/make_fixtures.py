@@ -150,6 +150,9 @@ def main():
 
     # Pickle protocol 4 (FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL ... instead of protocol 2's opcodes).
     save("protocol4", dtypes, pickle_protocol=4)
+    # Protocol 1: no PROTO opcode, text INT "I00" for False. (Protocol 0 writes a text persistent id that
+    # torch.load itself cannot read, so it is not a torch.save format.)
+    save("protocol1", dtypes, pickle_protocol=1)
 
     # The same archive with deflated members and a byteorder record (as PyTorch >= 2.1 writes).
     src = os.path.join(HERE, "dtypes.pt")
