@@ -25,11 +25,12 @@
 
 #include "moescope/io/zip.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/printable.hpp"
 
 namespace moescope {
 namespace {
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
+std::string quoted(const std::string& s) { return "'" + printable(s) + "'"; }
 
 // ---------------------------------------------------------------------------------------------------------
 // Python objects as the VM builds them. Containers are mutable until placed inside another container; from
@@ -72,7 +73,7 @@ struct DictObj : Obj {
 struct GlobalObj : Obj {
   GlobalObj(std::string m, std::string n) : Obj(Kind::Global), module(std::move(m)), name(std::move(n)) {}
   std::string module, name;
-  std::string full() const { return module + "." + name; }
+  std::string full() const { return printable(module + "." + name); }  // for messages
 };
 struct IndexObj : Obj {  // Storage and Tensor: an index into the builder's tables
   IndexObj(Kind k, std::size_t i) : Obj(k), index(i) {}
@@ -364,7 +365,7 @@ class Unpickler {
     std::size_t start = (!s.empty() && (s[0] == '-' || s[0] == '+')) ? 1 : 0;
     if (s.size() == start || !std::all_of(s.begin() + static_cast<std::ptrdiff_t>(start), s.end(),
                                           [](char c) { return c >= '0' && c <= '9'; }))
-      bad("invalid integer literal '" + line.substr(0, 40) + "'");
+      bad("invalid integer literal " + quoted(line.substr(0, 40)));
     std::int64_t v = 0;
     const char* first = s.data() + (s[0] == '+' ? 1 : 0);
     const auto r = std::from_chars(first, s.data() + s.size(), v);
@@ -630,7 +631,7 @@ Ref Unpickler::run() {
         const std::string s = read_line();
         double d = 0;
         const auto r = std::from_chars(s.data(), s.data() + s.size(), d);
-        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid float literal '" + s.substr(0, 40) + "'");
+        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid float literal " + quoted(s.substr(0, 40)));
         push(std::make_shared<FloatObj>(d));
         break;
       }
@@ -712,7 +713,7 @@ Ref Unpickler::run() {
         const std::string s = read_line();
         std::uint64_t i = 0;
         const auto r = std::from_chars(s.data(), s.data() + s.size(), i);
-        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid memo key '" + s.substr(0, 40) + "'");
+        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid memo key " + quoted(s.substr(0, 40)));
         if (op == 'p') memo_put(i);
         else memo_get(i);
         break;
@@ -959,7 +960,7 @@ TorchPickleSource::TorchPickleSource(std::string path, std::unique_ptr<Backing> 
     const std::string order(reinterpret_cast<const char*>(v.data), v.size);
     if (order == "big")
       fail_input(path_, "saved on a big-endian machine (byteorder 'big'); only little-endian files are supported");
-    if (order != "little") fail_input(path_, "unknown byteorder '" + order + "'");
+    if (order != "little") fail_input(path_, "unknown byteorder " + quoted(order));
   }
 
   const std::string pkl_name = prefix + "data.pkl";

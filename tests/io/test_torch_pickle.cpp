@@ -368,6 +368,8 @@ TEST(TorchPickleBuilt, StructureErrors) {
   EXPECT_ERROR(build_zip({{"a/data/0", s}}), "no 'a/data.pkl' in the archive");
   EXPECT_ERROR(torch_zip(one_tensor().b, st, false, {{"archive/byteorder", "big"}}), "big-endian");
   EXPECT_ERROR(torch_zip(one_tensor().b, st, false, {{"archive/byteorder", "middle"}}), "unknown byteorder 'middle'");
+  // Text from the file is escaped: messages stay on one line.
+  EXPECT_ERROR(torch_zip(one_tensor().b, st, false, {{"archive/byteorder", "lit\ntle"}}), "unknown byteorder 'lit\\x0atle'");
   EXPECT_NO_THROW(open_bytes(torch_zip(one_tensor().b, st, false, {{"archive/byteorder", "little"}})));
   // Empty state dicts and non-dicts.
   EXPECT_ERROR(torch_zip(Pickle().op('}').stop().b, st), "no tensors found");
