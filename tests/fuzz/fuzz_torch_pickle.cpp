@@ -2,7 +2,7 @@
 //   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
 //     -std=c++17 -Iinclude tests/fuzz/fuzz_torch_pickle.cpp \
 //     src/io/torch_pickle.cpp src/io/zip.cpp src/util/tensor_source.cpp src/util/tensor_convert.cpp \
-//     src/util/error.cpp -lz -o fuzz_torch_pickle
+//     src/util/error.cpp src/util/printable.cpp -lz -o fuzz_torch_pickle
 //   ./fuzz_torch_pickle -max_len=16384 CORPUS_DIR tests/data/torch_pickle
 // FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (the usual fuzz-build macro) makes io/zip compute but not enforce
 // CRC-32s, so that mutations of data.pkl reach the pickle VM instead of stopping at the checksum.
