@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "moescope/io/safetensors.hpp"
+#include "moescope/io/torch_pickle.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/sha256.hpp"
 
@@ -61,6 +62,16 @@ ResolvedCheckpoint resolve_checkpoint(const std::string& path) {
   f.read(magic, 4);
   if (f.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return {Kind::TorchPickle, path};
   return {Kind::Safetensors, path};
+}
+
+std::unique_ptr<TensorSource> open_checkpoint(const std::string& path) {
+  const ResolvedCheckpoint r = resolve_checkpoint(path);
+  switch (r.kind) {
+    case ResolvedCheckpoint::Kind::ShardIndex: return std::make_unique<ShardedSafetensors>(r.path);
+    case ResolvedCheckpoint::Kind::TorchPickle: return read_torch_pickle(r.path);
+    case ResolvedCheckpoint::Kind::Safetensors: break;
+  }
+  return std::make_unique<SafetensorsFile>(r.path);
 }
 
 namespace {

@@ -13,7 +13,8 @@ namespace moescope {
 ///  - a folder holding `model.safetensors.index.json`, one `*.safetensors` file, or one `.pt`/`.pth`/`.bin`
 ///    (moescope's own run folders `runs/NAME/step_N/` are such folders);
 ///  - a PyTorch state dict saved by `torch.save(model.state_dict(), f)` (zip format, `.pt`/`.pth`/`.bin`),
-///    read with LibTorch's unpickler; nested dicts ({"model": {...}}) are flattened with dots.
+///    read by io/torch_pickle.hpp's own bounds-checked unpickler (no LibTorch); nested dicts ({"model": {...}})
+///    are flattened with dots.
 /// Throws InputError naming the path and the problem.
 std::unique_ptr<TensorSource> open_checkpoint(const std::string& path);
 
@@ -35,7 +36,5 @@ struct CheckpointHash {
 /// "none" nothing, "auto" = full up to 2 GiB, header beyond.
 CheckpointHash hash_checkpoint(const std::string& path, const std::string& mode);
 
-/// Reads a torch.save'd state dict into memory (tensors converted to contiguous CPU bytes).
-std::unique_ptr<TensorSource> read_torch_state_dict(const std::string& path);
 
 }  // namespace moescope
