@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <memory>
+#include <vector>
 
 #include "common.hpp"
 #include "moescope/paths.hpp"
@@ -34,14 +34,13 @@ std::string plot_script() {
 }  // namespace
 
 void add_plot(CLI::App& app, Context&) {
-  auto args = std::make_shared<std::vector<std::string>>();
   auto* sub = app.add_subcommand("plot", "Figures (PNG, PDF) for every kind of report: geometry, activations, "
                                          "compare_spaces, train, hessian, landscape, correlation, sweep");
   sub->footer("Options: -o DIR (default REPORT_figures), --format png,pdf,svg, --only KIND,..., --list-kinds, "
               "--levels N, --vmax V, --sweep-pair X,Y. Needs /usr/bin/python3 with python3-h5py, python3-matplotlib "
               "and python3-numpy ($MOESCOPE_PYTHON overrides the interpreter).");
-  sub->prefix_command();  // everything after `plot` goes to the script as it is
-  sub->callback([sub, args] {
+  sub->prefix_command()->allow_extras()->fallthrough(false);  // everything after `plot` goes to the script as is
+  sub->callback([sub] {
     const std::string script = plot_script();
     const char* env = std::getenv("MOESCOPE_PYTHON");
     const std::string python = env ? env : "/usr/bin/python3";
