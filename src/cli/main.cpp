@@ -1,5 +1,5 @@
-// moescope: a thin shell over the library. Parse flags, call one library function, write one report.
-// Exit codes: 0 ok, 1 internal error, 2 bad usage or bad input.
+// moescope (the torch-free front end) and moescope-torch (every command): a thin shell over the library. Parse
+// flags, call one library function, write one report. Exit codes: 0 ok, 1 internal error, 2 bad usage or bad input.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -44,15 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", ctx.log_level, "trace, debug, info, warn, error, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
       ->each([](const std::string& v) { spdlog::set_level(spdlog::level::from_str(v)); });
-  cli::add_inspect(app, ctx);
-  cli::add_geometry(app, ctx);
-  cli::add_synth(app, ctx);
-  cli::add_correlate(app, ctx);
-  cli::add_train(app, ctx);
-  cli::add_landscape(app, ctx);
-  cli::add_activations(app, ctx);
-  cli::add_hessian(app, ctx);
-  cli::add_plot(app, ctx);
+  cli::add_commands(app, ctx);
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
