@@ -34,6 +34,7 @@ namespace {
 }  // namespace
 
 void add_commands(CLI::App& app, Context& ctx) {
+  ctx.front_end = true;
   add_inspect(app, ctx);
   add_geometry(app, ctx);
   add_synth(app, ctx);
@@ -46,6 +47,7 @@ void add_commands(CLI::App& app, Context& ctx) {
   }
   add_compare_spaces(app, ctx);
   add_plot(app, ctx);
+  add_sweep(app, ctx);
 }
 
 }  // namespace moescope::cli

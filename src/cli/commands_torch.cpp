@@ -24,6 +24,7 @@ void add_commands(CLI::App& app, Context& ctx) {
   add_compare_spaces(app, ctx);
   add_hessian(app, ctx);
   add_plot(app, ctx);
+  add_sweep(app, ctx);
 }
 
 }  // namespace moescope::cli

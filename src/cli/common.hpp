@@ -22,6 +22,7 @@ struct Context {
   std::string hash = "auto";  // checkpoint hashing: auto, full, header, none
   std::string runtime;        // what main set up (allocator, OpenMP wait policy), logged at debug level
   char** argv = nullptr;      // main's: the front end hands it to moescope-torch unchanged
+  bool front_end = false;     // the torch-free moescope (torch commands are hand-overs)
 };
 
 /// The worker count ctx.threads asks for (0: all cores). Logs it and ctx.runtime at debug level.
@@ -86,5 +87,6 @@ void add_synth(CLI::App& app, Context& ctx);
 void add_correlate(CLI::App& app, Context& ctx);
 void add_compare_spaces(CLI::App& app, Context& ctx);
 void add_plot(CLI::App& app, Context& ctx);
+void add_sweep(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli
