@@ -1,8 +1,12 @@
 #include "moescope/metrics/geometry.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <exception>
 #include <limits>
 #include <map>
@@ -11,6 +15,7 @@
 
 #include <Eigen/Dense>
 
+#include "moescope/io/safetensors.hpp"
 #include "moescope/metrics/gram_kernel.hpp"
 #include "moescope/util/error.hpp"
 
@@ -72,6 +77,66 @@ RolePlan plan_role(const TensorSource& src, const MoELayerLayout& layer, const s
 struct Task {
   std::size_t role = 0;
   std::int64_t first = 0, count = 0;
+};
+
+// Asks the kernel to read a memory-mapped checkpoint ahead of the workers: madvise(MADV_WILLNEED) on each
+// expert's strip of each task, in task order, up to `window` tasks past the oldest unfinished one. WILLNEED
+// queues the reads and returns, so on a cold cache the disk works on the next strips while the workers sum the
+// current ones, instead of every worker stopping at page faults; on a warm cache it costs a page-cache lookup
+// per page. Pages are not mapped here, so resident memory does not grow.
+class Readahead {
+ public:
+  Readahead(const std::vector<RolePlan>& roles, const std::vector<Task>& tasks, std::size_t window)
+      : roles_(roles), tasks_(tasks), window_(window) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Readahead() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Readahead(const Readahead&) = delete;
+  Readahead& operator=(const Readahead&) = delete;
+
+  /// Tasks [0, folded) are finished.
+  void advance(std::size_t folded) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      folded_ = folded;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void run() {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    for (std::size_t k = 0; k < tasks_.size(); ++k) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || k < folded_ + window_; });
+        if (stop_) return;
+      }
+      const RolePlan& r = roles_[tasks_[k].role];
+      const std::size_t es = dtype_size(r.dtype);
+      for (const std::uint8_t* first : r.first) {
+        const auto a = reinterpret_cast<std::uintptr_t>(first + static_cast<std::size_t>(tasks_[k].first) * es);
+        const std::uintptr_t b = a + static_cast<std::size_t>(tasks_[k].count) * es, a0 = a / page * page;
+        ::madvise(reinterpret_cast<void*>(a0), b - a0, MADV_WILLNEED);  // a hint: failure changes nothing
+      }
+    }
+  }
+
+  const std::vector<RolePlan>& roles_;
+  const std::vector<Task>& tasks_;
+  const std::size_t window_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::size_t folded_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 // Sums one task with `kernel` (whose lanes are empty); `staging` holds E x kernel.block() doubles.
@@ -176,6 +241,15 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   std::atomic<bool> stop{false};
   std::exception_ptr error;
   std::mutex mu;
+  // Read ahead about 32 MiB of a memory-mapped file (only roles read in place: staged ones go through
+  // read_view_f64, whose reads are not strips).
+  std::unique_ptr<Readahead> readahead;
+  const bool mapped = dynamic_cast<const SafetensorsFile*>(&src) || dynamic_cast<const ShardedSafetensors*>(&src);
+  if (mapped && std::all_of(roles.begin(), roles.end(), [](const RolePlan& r) { return r.direct; })) {
+    const double task_bytes = static_cast<double>(kTaskCoordinates) * static_cast<double>(E) *
+                              static_cast<double>(dtype_size(roles.front().dtype));
+    readahead = std::make_unique<Readahead>(roles, tasks, static_cast<std::size_t>(std::max(2.0, 32e6 / task_bytes)));
+  }
   const auto worker = [&] {
     try {
       GramKernel kernel(g.experts, opts.chunk);
@@ -184,6 +258,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
         GramSums s = run_task(src, roles[tasks[k].role], tasks[k], kernel, staging);
         std::lock_guard<std::mutex> lock(mu);
         done.emplace(k, std::move(s));
+        const std::size_t before = next_fold;
         for (auto it = done.find(next_fold); it != done.end(); it = done.find(next_fold)) {
           total.add(it->second);
           done.erase(it);
@@ -192,6 +267,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
           if (next_fold == tasks.size() || tasks[next_fold].role != r)
             for (const auto& t : release_after[r]) src.release(t);
         }
+        if (readahead && next_fold != before) readahead->advance(next_fold);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu);
@@ -210,6 +286,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   }
   worker();
   for (auto& th : pool) th.join();
+  readahead.reset();
   if (error) std::rethrow_exception(error);
 
   g.gram = total.gram_matrix();

@@ -576,7 +576,8 @@ GramKernel::GramKernel(int experts, std::int64_t block, GramIsa isa) : impl_(std
   m.isa = isa;
   m.E = experts;
   m.e_pad = (experts + kTile - 1) / kTile * kTile;
-  if (block == 0) block = std::max<std::int64_t>(64, 4096 / m.e_pad);  // about 32 KiB of float64: stays in L1
+  // about 32 KiB of float64 (L1) for a few experts, up to 128 KiB (L2) for many, whose tiles then run longer
+  if (block == 0) block = std::max<std::int64_t>(64, std::min<std::int64_t>(512, 16384 / m.e_pad));
   m.block = std::min<std::int64_t>(kSegment, (block + kLanes - 1) / kLanes * kLanes);
   const int groups = m.e_pad / kTile;
   for (int g = 0; g < groups; ++g)

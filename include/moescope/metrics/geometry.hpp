@@ -29,7 +29,7 @@ struct GeometryOptions {
   std::vector<std::string> roles;
   /// Worker threads (>= 1). The result has the same bits for every thread count.
   int threads = 1;
-  /// Coordinates decoded at a time per expert (GramKernel's block); 0 chooses about 32 KiB of float64.
+  /// Coordinates decoded at a time per expert (GramKernel's block); 0 lets the kernel choose.
   /// Changes speed only, not the result.
   std::int64_t chunk = 0;
 };

@@ -72,7 +72,7 @@ class GramKernel {
   /// same bits as one call over their concatenation.
   static constexpr std::int64_t kSegment = 4096;
 
-  /// `experts` >= 1; `block` coordinates are decoded at a time (0: about 32 KiB of float64, at least 64),
+  /// `experts` >= 1; `block` coordinates are decoded at a time (0: min(512, 16384 / E) but at least 64),
   /// rounded up to a multiple of 8, at most kSegment. Throws std::invalid_argument for experts < 1, block < 0,
   /// or an `isa` this CPU cannot run.
   explicit GramKernel(int experts, std::int64_t block = 0, GramIsa isa = GramIsa::Auto);
