@@ -80,7 +80,7 @@ struct Task {
 };
 
 // Asks the kernel to read a memory-mapped checkpoint ahead of the workers: madvise(MADV_WILLNEED) on each
-// expert's strip of each task, in task order, up to `window` tasks past the oldest unfinished one. WILLNEED
+// expert's strip of the next tasks, in task order, up to `window` tasks past the oldest unfinished one. WILLNEED
 // queues the reads and returns, so on a cold cache the disk works on the next strips while the workers sum the
 // current ones, instead of every worker stopping at page faults; on a warm cache it costs a page-cache lookup
 // per page. Pages are not mapped here, so resident memory does not grow.
@@ -113,19 +113,25 @@ class Readahead {
  private:
   void run() {
     const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    for (std::size_t k = 0; k < tasks_.size(); ++k) {
+    for (std::size_t k = 0; k < tasks_.size();) {
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stop_ || k < folded_ + window_; });
         if (stop_) return;
       }
+      // consecutive tasks of one role, about 1 MiB per expert: large requests, as a sequential read makes
       const RolePlan& r = roles_[tasks_[k].role];
       const std::size_t es = dtype_size(r.dtype);
+      std::size_t end = k + 1;
+      std::int64_t count = tasks_[k].count;
+      while (end < tasks_.size() && tasks_[end].role == tasks_[k].role && static_cast<double>(count) * es < 1e6)
+        count += tasks_[end++].count;
       for (const std::uint8_t* first : r.first) {
         const auto a = reinterpret_cast<std::uintptr_t>(first + static_cast<std::size_t>(tasks_[k].first) * es);
-        const std::uintptr_t b = a + static_cast<std::size_t>(tasks_[k].count) * es, a0 = a / page * page;
+        const std::uintptr_t b = a + static_cast<std::size_t>(count) * es, a0 = a / page * page;
         ::madvise(reinterpret_cast<void*>(a0), b - a0, MADV_WILLNEED);  // a hint: failure changes nothing
       }
+      k = end;
     }
   }
 
@@ -275,7 +281,8 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
       stop = true;
     }
   };
-  const int threads = static_cast<int>(std::min<std::size_t>(std::max(1, opts.threads), std::max<std::size_t>(1, tasks.size())));
+  const int threads =
+      static_cast<int>(std::min<std::size_t>(std::max(1, opts.threads), std::max<std::size_t>(1, tasks.size())));
   std::vector<std::thread> pool;
   try {
     for (int t = 1; t < threads; ++t) pool.emplace_back(worker);

@@ -156,7 +156,8 @@ void decode_avx2(DType t, const std::uint8_t* src, std::int64_t n, double* dst) 
       }
       break;
     case DType::F64:
-      for (; i + 4 <= n; i += 4) _mm256_store_pd(dst + i, _mm256_loadu_pd(reinterpret_cast<const double*>(src + 8 * i)));
+      for (; i + 4 <= n; i += 4)
+        _mm256_store_pd(dst + i, _mm256_loadu_pd(reinterpret_cast<const double*>(src + 8 * i)));
       break;
     default:
       break;
@@ -218,10 +219,10 @@ void block_tile_avx2(const Work& w, const Tile& t, std::int64_t n8) {
     const double* y1 = y0 + w.stride;
     for (int half = 0; half < 2; ++half) {
       double* a = acc + 4 * half;
-      __m256d a00 = _mm256_load_pd(a + (0 * kTile + q0) * kLanes), a01 = _mm256_load_pd(a + (0 * kTile + q0 + 1) * kLanes),
-              a10 = _mm256_load_pd(a + (1 * kTile + q0) * kLanes), a11 = _mm256_load_pd(a + (1 * kTile + q0 + 1) * kLanes),
-              a20 = _mm256_load_pd(a + (2 * kTile + q0) * kLanes), a21 = _mm256_load_pd(a + (2 * kTile + q0 + 1) * kLanes),
-              a30 = _mm256_load_pd(a + (3 * kTile + q0) * kLanes), a31 = _mm256_load_pd(a + (3 * kTile + q0 + 1) * kLanes);
+      const auto at = [&](int p, int q) { return a + (p * kTile + q0 + q) * kLanes; };
+      __m256d a00 = _mm256_load_pd(at(0, 0)), a01 = _mm256_load_pd(at(0, 1)), a10 = _mm256_load_pd(at(1, 0)),
+              a11 = _mm256_load_pd(at(1, 1)), a20 = _mm256_load_pd(at(2, 0)), a21 = _mm256_load_pd(at(2, 1)),
+              a30 = _mm256_load_pd(at(3, 0)), a31 = _mm256_load_pd(at(3, 1));
       for (std::int64_t c = 4 * half; c < n8; c += kLanes) {
         const __m256d u0 = _mm256_load_pd(y0 + c), u1 = _mm256_load_pd(y1 + c);
         __m256d v = _mm256_load_pd(x0 + c);
@@ -237,14 +238,14 @@ void block_tile_avx2(const Work& w, const Tile& t, std::int64_t n8) {
         a30 = _mm256_fmadd_pd(v, u0, a30);
         a31 = _mm256_fmadd_pd(v, u1, a31);
       }
-      _mm256_store_pd(a + (0 * kTile + q0) * kLanes, a00);
-      _mm256_store_pd(a + (0 * kTile + q0 + 1) * kLanes, a01);
-      _mm256_store_pd(a + (1 * kTile + q0) * kLanes, a10);
-      _mm256_store_pd(a + (1 * kTile + q0 + 1) * kLanes, a11);
-      _mm256_store_pd(a + (2 * kTile + q0) * kLanes, a20);
-      _mm256_store_pd(a + (2 * kTile + q0 + 1) * kLanes, a21);
-      _mm256_store_pd(a + (3 * kTile + q0) * kLanes, a30);
-      _mm256_store_pd(a + (3 * kTile + q0 + 1) * kLanes, a31);
+      _mm256_store_pd(at(0, 0), a00);
+      _mm256_store_pd(at(0, 1), a01);
+      _mm256_store_pd(at(1, 0), a10);
+      _mm256_store_pd(at(1, 1), a11);
+      _mm256_store_pd(at(2, 0), a20);
+      _mm256_store_pd(at(2, 1), a21);
+      _mm256_store_pd(at(3, 0), a30);
+      _mm256_store_pd(at(3, 1), a31);
     }
   }
 }

@@ -49,10 +49,13 @@ Strips make_strips(DType t, int E, std::int64_t n, std::size_t misalign, Draw&& 
     std::vector<std::uint8_t> b(misalign + es * static_cast<std::size_t>(n) + 1, 0xAB);
     if (t == DType::F8_E4M3 || t == DType::F8_E5M2) {
       for (std::int64_t i = 0; i < n; ++i)  // draw() in [0, 1): a uniform byte
-        b[misalign + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(static_cast<std::uint32_t>(draw() * 256.f) & 0xffu);
+        b[misalign + static_cast<std::size_t>(i)] =
+            static_cast<std::uint8_t>(static_cast<std::uint32_t>(draw() * 256.f) & 0xffu);
     } else if (t == DType::F64) {
       for (std::int64_t i = 0; i < n; ++i) {
-        const double d = static_cast<double>(f[static_cast<std::size_t>(i)]) * (1.0 + 1e-12 * static_cast<double>(i % 7));
+        // not a float32 value: products are rounded, as in real F64 checkpoints
+        const double d =
+            static_cast<double>(f[static_cast<std::size_t>(i)]) * (1.0 + 1e-12 * static_cast<double>(i % 7));
         std::memcpy(&b[misalign + 8 * static_cast<std::size_t>(i)], &d, 8);
       }
     } else {

@@ -174,10 +174,11 @@ double kernel_speed(int experts, std::int64_t n, int threads, int reps, double* 
     std::vector<std::uint64_t> sums(static_cast<std::size_t>(threads));
     for (int r = 0; r < reps; ++r)
       bw_best = std::min(bw_best, parallel(threads, [&](int t) {
-                           const auto* p = reinterpret_cast<const std::uint64_t*>(data[static_cast<std::size_t>(t)].data());
+                           const auto& d = data[static_cast<std::size_t>(t)];
+                           const auto* p = reinterpret_cast<const std::uint64_t*>(d.data());
                            std::uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-                           const std::size_t words = data[static_cast<std::size_t>(t)].size() / 8;
-                           for (std::size_t i = 0; i + 4 <= words; i += 4) s0 += p[i], s1 += p[i + 1], s2 += p[i + 2], s3 += p[i + 3];
+                           for (std::size_t i = 0; i + 4 <= d.size() / 8; i += 4)
+                             s0 += p[i], s1 += p[i + 1], s2 += p[i + 2], s3 += p[i + 3];
                            sums[static_cast<std::size_t>(t)] = s0 + s1 + s2 + s3;
                          }));
     *bandwidth = static_cast<double>(data.front().size()) * threads / bw_best / 1e9;
