@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -110,7 +111,9 @@ struct Stat {
   double median = 0, lo = 0, hi = 0;
 };
 
+// Median and range of the finite values.
 Stat stat_of(std::vector<double> v) {
+  v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return !std::isfinite(x); }), v.end());
   std::sort(v.begin(), v.end());
   Stat s;
   if (v.empty()) return s;
@@ -141,7 +144,8 @@ double parallel(int threads, Fn&& fn) {
 // The kernel's speed (G elements/s, all threads together) on bf16 strips of `n` coordinates per expert per
 // thread, each thread with its own kernel and data; best of `reps` passes. Also fills `bandwidth` (GB/s) with a
 // streaming 64-bit sum over the same bytes, best of `reps`.
-double kernel_speed(int experts, std::int64_t n, int threads, int reps, double* bandwidth) {
+double kernel_speed(int experts, std::int64_t n, int threads, int reps, double* bandwidth,
+                    moescope::GramIsa isa = moescope::GramIsa::Auto) {
   std::vector<std::vector<std::uint8_t>> data(static_cast<std::size_t>(threads));
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 0.02f);
@@ -159,7 +163,7 @@ double kernel_speed(int experts, std::int64_t n, int threads, int reps, double* 
   double best = 1e300;
   for (int r = 0; r < reps; ++r)
     best = std::min(best, parallel(threads, [&](int t) {
-                      moescope::GramKernel k(experts);
+                      moescope::GramKernel k(experts, 0, isa);
                       std::vector<const std::uint8_t*> rows;
                       for (int e = 0; e < experts; ++e)
                         rows.push_back(data[static_cast<std::size_t>(t)].data() + 2 * static_cast<std::size_t>(n) * e);
@@ -222,6 +226,11 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {  // a shared machine's figures need their context
+    char line[128] = {};
+    if (std::fgets(line, sizeof line, f)) std::printf("load average: %s", line);
+    std::fclose(f);
+  }
   if (kernel) {
     const auto isa = moescope::gram_isa_name(moescope::gram_isa_auto());
     double bw = 0;
@@ -234,6 +243,12 @@ int main(int argc, char** argv) {
     std::printf("memory bandwidth (streaming sum, %d threads): %.2f GB/s; kernel streamed / bandwidth: %.2f; "
                 "kernel in cache / bandwidth: %.2f\n",
                 threads, bw, 2 * streamed / bw, 2 * cached / bw);
+    for (auto other : {moescope::GramIsa::Portable, moescope::GramIsa::Avx2, moescope::GramIsa::Avx512})
+      if (other != moescope::gram_isa_auto() && moescope::gram_isa_available(other)) {
+        const auto name = moescope::gram_isa_name(other);
+        std::printf("  the %.*s path: %.2f G elements/s on data in cache\n", static_cast<int>(name.size()),
+                    name.data(), kernel_speed(o.experts, 1 << 16, threads, 3, nullptr, other));
+      }
     std::fflush(stdout);
   }
   if (!process) return 0;
@@ -278,7 +293,9 @@ int main(int argc, char** argv) {
       s.geo_s.push_back(g.seconds);
       s.geo_cpu.push_back(g.cpu);
       s.whole.push_back(rd.seconds / g.seconds);
-      s.after.push_back(rd.seconds / std::max(1e-9, g.seconds - start.seconds));
+      // a start-up slower than the whole run (a busy machine) leaves no estimate
+      const double work = g.seconds - start.seconds;
+      s.after.push_back(work > 0.05 * g.seconds ? rd.seconds / work : std::nan(""));
       s.rss.push_back(g.max_rss_kb * 1024.0 / layer_f32);
     }
   }
