@@ -9,7 +9,8 @@
 //    dimensions give E[MSO] = 1/D);
 //  - parameter variance = mean over coordinates c of the unbiased variance across experts of v_e[c]
 //    (OMoE, Liu et al. 2023, arXiv:2310.09762, whose exact statistic is not given), also on u_e.
-// Gram sums are accumulated in float64 chunk by chunk from the checkpoint; no concatenated copy is made.
+// Gram sums are accumulated in float64 (metrics/gram_kernel.hpp) straight from the checkpoint's bytes; no
+// concatenated copy is made.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -27,9 +28,10 @@ struct GeometryOptions {
   /// Roles to concatenate ("gate", "up", "down"; aliases w1/w3/w2 and fc1/fc2 and wi/wo are accepted).
   /// Empty: every weight matrix of the expert (biases excluded).
   std::vector<std::string> roles;
-  /// Worker threads (>= 1). The result depends on the thread count only through float64 summation order.
+  /// Worker threads (>= 1). The result has the same bits for every thread count.
   int threads = 1;
-  /// Elements per chunk per expert; 0 chooses max(256, 32768 / E) (a block of about 256 KiB).
+  /// Coordinates decoded at a time per expert (GramKernel's block); 0 lets the kernel choose.
+  /// Changes speed only, not the result.
   std::int64_t chunk = 0;
 };
 
