@@ -1,9 +1,13 @@
 // moescope synth FAMILY -o PATH: writes a synthetic checkpoint with a family's real tensor names and a known
-// expert geometry (expert cosine -> rho, MSO -> rho^2), for demos, tests and benchmarks.
+// expert geometry (expert cosine -> rho, MSO -> rho^2), for demos, tests and benchmarks; with --model, a complete tiny
+// Hugging Face model folder (config.json, weights, tokenizer.json) that the HF model loader runs.
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "common.hpp"
 #include "moescope/io/synthetic.hpp"
+#include "moescope/io/synthetic_model.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope::cli {
@@ -12,11 +16,20 @@ void add_synth(CLI::App& app, Context& ctx) {
   auto o = std::make_shared<SyntheticCheckpointOptions>();
   auto out = std::make_shared<std::string>();
   auto dtype = std::make_shared<std::string>("F32");
+  auto model = std::make_shared<bool>(false);
   auto* sub = app.add_subcommand("synth", "Write a synthetic MoE checkpoint with a known expert geometry");
-  sub->add_option("family", o->family, "mixtral, qwen2-moe, olmoe, deepseek, switch, fused-v5, gpt-oss, moescope")
+  std::vector<std::string> families = synthetic_families();
+  for (const auto& f : synthetic_model_families())
+    if (std::find(families.begin(), families.end(), f) == families.end()) families.push_back(f);
+  sub->add_option("family", o->family,
+                  "mixtral, qwen2-moe, olmoe, deepseek, switch, fused-v5, gpt-oss, moescope; with --model: mixtral, "
+                  "qwen2-moe, qwen3-moe, olmoe, deepseek-moe, deepseek-v2, deepseek-v3")
       ->required()
-      ->check(CLI::IsMember(synthetic_families()));
-  sub->add_option("-o,--output", *out, "File (.safetensors), or folder when --shards > 1")->required();
+      ->check(CLI::IsMember(families));
+  sub->add_option("-o,--output", *out, "File (.safetensors), or folder when --shards > 1 or --model")->required();
+  sub->add_flag("--model", *model,
+                "Write a complete tiny Hugging Face model folder (config.json, weights, tokenizer.json) instead; "
+                "--layers/--experts/--hidden/--intermediate override its config when given, --rho does not apply");
   sub->add_option("--layers", o->layers, "MoE layers")->capture_default_str();
   sub->add_option("--experts", o->experts, "Experts per layer")->capture_default_str();
   sub->add_option("--hidden", o->hidden, "Hidden size H")->capture_default_str();
@@ -28,8 +41,32 @@ void add_synth(CLI::App& app, Context& ctx) {
   sub->add_option("--seed", o->seed, "Seed")->capture_default_str();
   sub->add_option("--shards", o->shards, "Number of shard files (> 1 writes a folder with an index)")
       ->capture_default_str();
-  sub->callback([o, out, dtype, &ctx] {
+  sub->callback([o, out, dtype, model, sub, &ctx] {
     o->dtype = *parse_dtype(*dtype);
+    if (*model) {
+      const auto known = synthetic_model_families();
+      if (std::find(known.begin(), known.end(), o->family) == known.end())
+        throw InputError("synth --model: family '" + o->family + "' has no model (known: mixtral, qwen2-moe, qwen3-moe, "
+                         "olmoe, deepseek-moe, deepseek-v2, deepseek-v3)");
+      if (o->dtype != DType::F32 && o->dtype != DType::BF16 && o->dtype != DType::F64)
+        throw InputError("synth --model: --dtype must be F32, BF16 or F64");
+      SyntheticModelOptions m;
+      m.family = o->family;
+      m.dtype = o->dtype;
+      m.seed = o->seed;
+      m.shards = o->shards;
+      const bool mixtral = m.family == "mixtral", olmoe = m.family == "olmoe";
+      const bool deepseek = m.family.rfind("deepseek", 0) == 0;
+      if (sub->count("--layers")) m.config_overrides["num_hidden_layers"] = o->layers;
+      if (sub->count("--hidden")) m.config_overrides["hidden_size"] = o->hidden;
+      if (sub->count("--experts"))
+        m.config_overrides[mixtral ? "num_local_experts" : deepseek ? "n_routed_experts" : "num_experts"] = o->experts;
+      if (sub->count("--intermediate"))
+        m.config_overrides[mixtral || olmoe ? "intermediate_size" : "moe_intermediate_size"] = o->intermediate;
+      write_synthetic_model(*out, m);
+      spdlog::info("wrote the {} model folder {} ({})", m.family, *out, *dtype);
+      return;
+    }
     write_synthetic_checkpoint(*out, *o);
     spdlog::info("wrote {} ({} layers x {} experts, {})", *out, o->layers, o->experts, *dtype);
   });

@@ -289,7 +289,9 @@ HFRouting HFRouterImpl::forward(const torch::Tensor& x) {
   } else if (c.norm_topk_prob) {
     w = w / w.sum(-1, true);
   }
-  r.weights = w.to(dt);
+  // DeepSeek-V2/V3 weigh the expert outputs in float32 (cast to the weights' dtype after the product); the others
+  // cast the routing weights first.
+  r.weights = c.uses_mla() ? w : w.to(dt);
   return r;
 }
 
@@ -330,7 +332,7 @@ torch::Tensor HFSparseMoEImpl::forward(const torch::Tensor& x, HFRouting* routin
     if (hit.size(0) == 0) continue;
     const auto tok = hit.select(1, 0), slot = hit.select(1, 1);
     const auto y = expert_forward(e, x.index_select(0, tok)) * r.weights.index({tok, slot}).unsqueeze(-1);
-    out.index_add_(0, tok, y);
+    out.index_add_(0, tok, y.to(x.scalar_type()));
   }
   const auto shared = shared_forward(x, shared_gate);
   if (shared.defined()) out = out + shared;

@@ -105,7 +105,7 @@ struct HFRouting {
                           ///< (DeepSeek-MoE: in the weights' dtype, as its gate computes it)
   torch::Tensor experts;  ///< [T, k] int64, the chosen experts
   torch::Tensor weights;  ///< [T, k] their weights as applied to the expert outputs (renormalised / scaled), in
-                          ///< the weights' dtype
+                          ///< the weights' dtype (DeepSeek-V2/V3: at least float32, as transformers multiplies)
 };
 
 /// The router ("gate"): weight [E, H]; DeepSeek-V3 adds the buffer e_score_correction_bias [E].
