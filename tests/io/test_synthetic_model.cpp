@@ -5,7 +5,7 @@
 #include <fstream>
 #include <set>
 
-#include "moescope/io/checkpoint.hpp"
+#include "moescope/io/safetensors.hpp"
 #include "moescope/io/hf_config.hpp"
 #include "moescope/io/synthetic_model.hpp"
 #include "moescope/util/error.hpp"
@@ -34,9 +34,10 @@ TEST_P(SyntheticModel, FolderIsCompleteAndConsistent) {
   EXPECT_EQ(std::string(hf_model_type(c.family)), c.model_type);
   EXPECT_EQ(c.hidden_size, 32);
   EXPECT_GT(c.num_experts, 3);
-  EXPECT_LT(c.num_key_value_heads + (c.uses_mla() ? c.num_attention_heads : 0), 2 * c.num_attention_heads);
+  // grouped-query attention in the families that have it (DeepSeek uses full heads or latent attention)
+  if (!c.uses_mla() && c.family != HFFamily::DeepSeekMoE) EXPECT_LT(c.num_key_value_heads, c.num_attention_heads);
   // weights: exactly the config's tensors
-  const auto src = open_checkpoint(dir.path());
+  const auto src = std::make_unique<SafetensorsFile>(dir.file("model.safetensors"));
   std::set<std::string> have, want;
   for (const auto& t : src->tensors()) have.insert(t.name);
   for (const auto& s : hf_tensor_specs(c)) {
@@ -133,7 +134,7 @@ TEST(SyntheticModel, ReproducibleSeededAndOverridable) {
   o.config_overrides = {{"num_hidden_layers", 3}, {"clip_qkv", 2.0}};
   write_synthetic_model(dir.file("d"), o);
   EXPECT_TRUE(testing::file_exists(dir.file("d/model-00002-of-00002.safetensors")));
-  const auto src = open_checkpoint(dir.file("d"));
+  const auto src = std::make_unique<ShardedSafetensors>(dir.file("d/model.safetensors.index.json"));
   EXPECT_EQ(src->at("model.layers.2.mlp.experts.7.down_proj.weight").dtype, DType::BF16);
   const HFConfig c = read_hf_config(dir.file("d"));
   EXPECT_EQ(c.num_hidden_layers, 3);

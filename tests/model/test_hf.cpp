@@ -124,7 +124,20 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"qwen3_moe_bias_unnormed", "qwen3-moe", R"({"attention_bias": true, "norm_topk_prob": false})"},
                       Case{"olmoe", "olmoe", "{}"},
                       Case{"olmoe_clip_norm", "olmoe", R"({"clip_qkv": 0.5, "norm_topk_prob": true})"},
-                      Case{"olmoe_bias", "olmoe", R"({"attention_bias": true})"}),
+                      Case{"olmoe_bias", "olmoe", R"({"attention_bias": true})"},
+                      Case{"deepseek_moe", "deepseek-moe", "{}"},
+                      Case{"deepseek_moe_norm_freq2", "deepseek-moe",
+                           R"({"norm_topk_prob": true, "moe_layer_freq": 2, "num_hidden_layers": 4})"},
+                      Case{"deepseek_v2_yarn", "deepseek-v2", "{}"},
+                      Case{"deepseek_v2_plain_rope_scaled", "deepseek-v2",
+                           R"({"rope_scaling": null, "routed_scaling_factor": 16.0})"},
+                      Case{"deepseek_v2_qlora_bias_grouped", "deepseek-v2",
+                           R"({"q_lora_rank": 12, "attention_bias": true, "topk_method": "group_limited_greedy",
+                               "n_group": 4, "topk_group": 2})"},
+                      Case{"deepseek_v2_normed", "deepseek-v2", R"({"norm_topk_prob": true, "routed_scaling_factor": 3.0})"},
+                      Case{"deepseek_v3", "deepseek-v3", "{}"},
+                      Case{"deepseek_v3_unnormed_mscale", "deepseek-v3",
+                           R"({"norm_topk_prob": false, "rope_scaling": {"mscale": 0.8}})"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.label; });
 
 // ------------------------------------------------------------------------------------- masks, heads, embeddings
@@ -322,6 +335,71 @@ TEST(HFRouting, Qwen3AndOlmoeRenormaliseWhenAsked) {
     EXPECT_EQ(c[1].first, 5);
     EXPECT_NEAR(c[1].second, std::exp(1.0) / (std::exp(1.0) + std::exp(0.25)), 1e-15) << family;
   }
+}
+
+// DeepSeek-V3: experts are chosen among the topk_group groups with the highest sums of their two best biased scores;
+// the weights are the plain sigmoid scores, normalised and scaled by routed_scaling_factor 2.5.
+TEST(HFRouting, DeepseekV3GroupsAndCorrectionBias) {
+  TempDir dir;
+  HFCausalLM m = load_hf_model(write_model(dir, "deepseek-v3"));  // 8 experts in 4 groups, keep 2, k = 2
+  auto block = m->moe_block(1);
+  const std::vector<double> s = {0.9, 0.05, 0.6, 0.55, 0.5, 0.5, 0.1, 0.1};
+  std::vector<double> l;
+  for (double p : s) l.push_back(logit(p));
+  const auto x = route_to(block, l);
+  torch::NoGradGuard g;
+  block->gate->e_score_correction_bias.zero_();
+  // group sums 0.95, 1.15, 1.0, 0.2: groups 1 and 2 win, so expert 0 (the best single score) is not eligible
+  auto c = chosen(block->gate(x));
+  EXPECT_EQ(c[0].first, 2);
+  EXPECT_EQ(c[1].first, 3);
+  EXPECT_NEAR(c[0].second, 0.6 / 1.15 * 2.5, 1e-14);
+  EXPECT_NEAR(c[1].second, 0.55 / 1.15 * 2.5, 1e-14);
+  // a bias of 0.3 on expert 4 makes group 2 (sum 1.3) and expert 4 (0.8) win; its weight is still its score 0.5
+  block->gate->e_score_correction_bias[4] = 0.3;
+  c = chosen(block->gate(x));
+  EXPECT_EQ(c[0].first, 2);
+  EXPECT_EQ(c[1].first, 4);
+  EXPECT_NEAR(c[0].second, 0.6 / 1.1 * 2.5, 1e-14);
+  EXPECT_NEAR(c[1].second, 0.5 / 1.1 * 2.5, 1e-14);
+}
+
+// DeepSeek-V2's group_limited_greedy keeps the topk_group groups with the best single scores; without
+// norm_topk_prob the softmax values are scaled by routed_scaling_factor.
+TEST(HFRouting, DeepseekV2GroupLimitedGreedyAndScaling) {
+  TempDir dir;
+  HFCausalLM m = load_hf_model(write_model(
+      dir, "deepseek-v2", R"({"topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 1, "routed_scaling_factor": 2.0})"));
+  auto block = m->moe_block(1);
+  const std::vector<double> l = {3.0, 0.0, 2.9, 2.8, 2.5, 0.0, 0.0, 0.0};
+  const auto c = chosen(block->gate(route_to(block, l)));
+  double z = 0;
+  for (double v : l) z += std::exp(v);
+  EXPECT_EQ(c[0].first, 0);
+  EXPECT_EQ(c[1].first, 1);  // expert 2 (2.9) is in a group that is not kept
+  EXPECT_NEAR(c[0].second, 2.0 * std::exp(3.0) / z, 1e-14);
+  EXPECT_NEAR(c[1].second, 2.0 * 1.0 / z, 1e-14);
+}
+
+// DeepSeek-MoE: raw softmax weights (norm_topk_prob false, no scaling) and the shared experts added ungated.
+TEST(HFRouting, DeepseekMoeAddsSharedExperts) {
+  TempDir dir;
+  HFCausalLM m = load_hf_model(write_model(dir, "deepseek-moe"));
+  EXPECT_THROW(m->moe_block(0), std::out_of_range);  // the first layer is dense
+  auto block = m->moe_block(1);
+  const std::vector<double> l = {0.5, 0.0, 1.0, 0.0, 0.0, 0.25};
+  const auto x = route_to(block, l);
+  HFRouting r;
+  const auto out = block->forward(x, &r);
+  const auto c = chosen(r);
+  double z = 0;
+  for (double v : l) z += std::exp(v);
+  EXPECT_EQ(c[0].first, 0);
+  EXPECT_EQ(c[1].first, 2);
+  EXPECT_NEAR(c[0].second, std::exp(0.5) / z, 1e-15);
+  const auto want = c[0].second * block->expert_forward(0, x) + c[1].second * block->expert_forward(2, x) +
+                    block->shared_experts(x);
+  EXPECT_LT((out - want).abs().max().item<double>(), 1e-14);
 }
 
 // ------------------------------------------------------------------------------------------------ trace
