@@ -45,24 +45,20 @@ void add_synth(CLI::App& app, Context& ctx) {
     o->dtype = *parse_dtype(*dtype);
     if (*model) {
       const auto known = synthetic_model_families();
-      if (std::find(known.begin(), known.end(), o->family) == known.end())
-        throw InputError("synth --model: family '" + o->family + "' has no model (known: mixtral, qwen2-moe, qwen3-moe, "
-                         "olmoe, deepseek-moe, deepseek-v2, deepseek-v3)");
-      if (o->dtype != DType::F32 && o->dtype != DType::BF16 && o->dtype != DType::F64)
-        throw InputError("synth --model: --dtype must be F32, BF16 or F64");
+      if (std::find(known.begin(), known.end(), o->family) == known.end()) {
+        std::string list;
+        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        throw InputError("synth --model: family '" + o->family + "' has no model (known: " + list + ")");
+      }
       SyntheticModelOptions m;
       m.family = o->family;
       m.dtype = o->dtype;
       m.seed = o->seed;
       m.shards = o->shards;
-      const bool mixtral = m.family == "mixtral", olmoe = m.family == "olmoe";
-      const bool deepseek = m.family.rfind("deepseek", 0) == 0;
-      if (sub->count("--layers")) m.config_overrides["num_hidden_layers"] = o->layers;
-      if (sub->count("--hidden")) m.config_overrides["hidden_size"] = o->hidden;
-      if (sub->count("--experts"))
-        m.config_overrides[mixtral ? "num_local_experts" : deepseek ? "n_routed_experts" : "num_experts"] = o->experts;
-      if (sub->count("--intermediate"))
-        m.config_overrides[mixtral || olmoe ? "intermediate_size" : "moe_intermediate_size"] = o->intermediate;
+      if (sub->count("--layers")) m.layers = o->layers;
+      if (sub->count("--experts")) m.experts = o->experts;
+      if (sub->count("--hidden")) m.hidden = o->hidden;
+      if (sub->count("--intermediate")) m.intermediate = o->intermediate;
       write_synthetic_model(*out, m);
       spdlog::info("wrote the {} model folder {} ({})", m.family, *out, *dtype);
       return;

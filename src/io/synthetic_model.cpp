@@ -339,6 +339,12 @@ json synthetic_model_config(const SyntheticModelOptions& o) {
   c["initializer_range"] = 0.02;
   c["use_cache"] = true;
   c["torch_dtype"] = torch_dtype_name(o.dtype);
+  const bool routed_width_is_intermediate = f == "mixtral" || f == "olmoe";
+  if (o.layers > 0) c["num_hidden_layers"] = o.layers;
+  if (o.hidden > 0) c["hidden_size"] = o.hidden;
+  if (o.experts > 0)
+    c[f == "mixtral" ? "num_local_experts" : f.rfind("deepseek", 0) == 0 ? "n_routed_experts" : "num_experts"] = o.experts;
+  if (o.intermediate > 0) c[routed_width_is_intermediate ? "intermediate_size" : "moe_intermediate_size"] = o.intermediate;
   c.merge_patch(o.config_overrides);
   return c;
 }

@@ -145,6 +145,23 @@ TEST(SyntheticModel, ReproducibleSeededAndOverridable) {
   for (double x : norm) EXPECT_NEAR(x, 1.0, 0.5);
 }
 
+// The size options land in each family's own fields.
+TEST(SyntheticModel, SizesUseTheFamiliesFieldNames) {
+  for (const auto& family : synthetic_model_families()) {
+    SyntheticModelOptions o;
+    o.family = family;
+    o.layers = 4;
+    o.experts = 12;
+    o.hidden = 48;
+    o.intermediate = 20;
+    const HFConfig c = parse_hf_config(synthetic_model_config(o), "config.json");
+    EXPECT_EQ(c.num_hidden_layers, 4) << family;
+    EXPECT_EQ(c.num_experts, 12) << family;
+    EXPECT_EQ(c.hidden_size, 48) << family;
+    EXPECT_EQ(c.moe_intermediate_size, 20) << family;
+  }
+}
+
 TEST(SyntheticModel, BadOptions) {
   TempDir dir;
   SyntheticModelOptions o;

@@ -19,6 +19,10 @@ struct SyntheticModelOptions {
   DType dtype = DType::F32;  ///< F32, BF16 or F64
   std::uint64_t seed = 0;
   int shards = 1;  ///< > 1: model-0000k-of-0000n.safetensors and model.safetensors.index.json
+  /// Sizes replacing the family's tiny defaults when > 0: decoder layers, routed experts per MoE layer, hidden size,
+  /// routed expert width (Mixtral and OLMoE: intermediate_size; the others: moe_intermediate_size).
+  int layers = 0, experts = 0;
+  std::int64_t hidden = 0, intermediate = 0;
   /// Merged into the family's tiny config.json (RFC 7396 merge patch: null removes a key) before the weights are
   /// planned, e.g. {"sliding_window": 3}, {"tie_word_embeddings": true}, {"num_hidden_layers": 4}.
   nlohmann::json config_overrides = nlohmann::json::object();
@@ -27,7 +31,7 @@ struct SyntheticModelOptions {
 /// The families write_synthetic_model knows.
 std::vector<std::string> synthetic_model_families();
 
-/// The config.json the options describe (the family's tiny defaults with the overrides merged). Tiny defaults:
+/// The config.json the options describe (the family's tiny defaults, then the sizes, then the overrides). Tiny defaults:
 /// hidden 32, 2-3 layers, 4-8 experts of width 16-48, GQA where the family uses it, Qwen2-MoE's gated shared
 /// expert and a dense layer (mlp_only_layers), DeepSeek's dense first layer and shared experts, DeepSeek-V2's
 /// YaRN rope scaling, DeepSeek-V3's grouped sigmoid router. Throws InputError for an unknown family.
