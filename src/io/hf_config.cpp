@@ -481,6 +481,11 @@ std::vector<HFTensorSpec> hf_tensor_specs(const HFConfig& c) {
   return out;
 }
 
+bool hf_float32_tensor(const std::string& name) {
+  const std::string s = ".e_score_correction_bias";
+  return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+}
+
 bool hf_unused_tensor(const HFConfig& c, const std::string& name) {
   auto ends_with = [&](const std::string& s) {
     return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;

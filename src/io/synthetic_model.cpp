@@ -387,8 +387,7 @@ void write_synthetic_model(const std::string& dir, const SyntheticModelOptions& 
   // Weights, in model order; tensor i goes to shard floor(bytes before i * shards / total).
   std::vector<TensorInfo> infos;
   for (const auto& s : hf_tensor_specs(cfg)) {
-    const bool bias_f32 = s.name.find("e_score_correction_bias") != std::string::npos && o.dtype != DType::F64;
-    infos.push_back({s.name, bias_f32 ? DType::F32 : o.dtype, s.shape});
+    infos.push_back({s.name, hf_float32_tensor(s.name) && o.dtype != DType::F64 ? DType::F32 : o.dtype, s.shape});
   }
   auto fill = [&](const TensorInfo& t, std::uint8_t* dst) {
     std::vector<float> buf(static_cast<std::size_t>(t.numel()));

@@ -33,9 +33,7 @@ class HFWeightTaker {
       fail_input(c_.file, "tensor '" + name + "' has shape " + shape_string(t.sizes().vec()) + " but the config implies " +
                               shape_string(spec->second));
     if (!t.is_floating_point()) fail_input(c_.file, "tensor '" + name + "' is not a floating-point tensor");
-    // DeepSeek-V3's score correction bias stays in (at least) float32, as transformers keeps it.
-    const bool own_dtype = name.size() > 23 && name.compare(name.size() - 23, 23, "e_score_correction_bias") == 0;
-    if (!own_dtype) {
+    if (!hf_float32_tensor(name)) {  // DeepSeek-V3's score correction bias keeps its own (float32) dtype
       if (dtype_ == at::ScalarType::Undefined) {
         dtype_ = t.scalar_type();
         first_ = name;

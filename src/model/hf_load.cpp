@@ -162,8 +162,7 @@ HFCausalLM load_hf_model(const std::string& dir, const HFLoadOptions& options) {
   HFWeights weights;
   for (const auto& s : specs) {
     const TensorInfo& info = src->at(s.name);
-    const bool bias_buffer = s.name.size() > 23 && s.name.compare(s.name.size() - 23, 23, "e_score_correction_bias") == 0;
-    const torch::ScalarType want = bias_buffer && dt != torch::kDouble ? torch::kFloat : dt;
+    const torch::ScalarType want = hf_float32_tensor(s.name) && dt != torch::kDouble ? torch::kFloat : dt;
     torch::Tensor t;
     if (safetensors && torch_dtype_of(info.dtype) == want) {
       if (auto map = mapping_of(src->file_of(s.name))) {

@@ -125,6 +125,10 @@ struct HFTensorSpec {
 /// norm, lm_head unless tied). These are exactly the module's parameters and buffers (model/hf.hpp).
 std::vector<HFTensorSpec> hf_tensor_specs(const HFConfig& c);
 
+/// True for tensors kept in (at least) float32 whatever the model's dtype, as transformers keeps them: DeepSeek-V3's
+/// e_score_correction_bias.
+bool hf_float32_tensor(const std::string& name);
+
 /// True for tensors a checkpoint may hold that the forward pass does not use: rotary_emb.inv_freq buffers,
 /// lm_head.weight beside tied embeddings, DeepSeek-V3's multi-token-prediction layers (model.layers.N.* for
 /// N >= num_hidden_layers, below num_hidden_layers + num_nextn_predict_layers). FP8 block scales
