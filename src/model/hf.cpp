@@ -195,7 +195,7 @@ torch::Tensor HFAttentionImpl::forward(const torch::Tensor& x, const HFRope& rop
   q = apply_rope(q.transpose(1, 2), rope);
   k = apply_rope(k.transpose(1, 2), rope);
   v = v.transpose(1, 2);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const double scale = std::pow(static_cast<double>(hd), -0.5);  // transformers' head_dim**-0.5
   return o_proj(attend(q, repeat_kv(k, nh / kv), repeat_kv(v, nh / kv), scale, allowed));
 }
 
@@ -211,7 +211,7 @@ HFMLAttentionImpl::HFMLAttentionImpl(HFWeightTaker& w, const std::string& p, con
   kv_a_layernorm = register_module("kv_a_layernorm", HFRMSNorm(w, p + "kv_a_layernorm.", c.rms_norm_eps));
   kv_b_proj = register_module("kv_b_proj", HFLinear(w, p + "kv_b_proj.", false));
   o_proj = register_module("o_proj", HFLinear(w, p + "o_proj.", c.attention_bias));
-  softmax_scale = 1.0 / std::sqrt(static_cast<double>(c.qk_head_dim()));
+  softmax_scale = std::pow(static_cast<double>(c.qk_head_dim()), -0.5);
   if (c.rope_scaling.type == "yarn" && c.rope_scaling.mscale_all_dim != 0.0) {
     const double m = yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
     softmax_scale *= m * m;
@@ -324,11 +324,13 @@ torch::Tensor HFSparseMoEImpl::shared_forward(const torch::Tensor& x, torch::Ten
 torch::Tensor HFSparseMoEImpl::forward(const torch::Tensor& x, HFRouting* routing, torch::Tensor* shared_gate) {
   HFRouting r = gate(x);
   auto out = torch::zeros_like(x);
-  // Expert by expert in index order, each on its own tokens, added in place (transformers' order of sums).
+  // Expert by expert in index order, each on its own tokens (slot-major, as transformers' torch.where over its
+  // [k, T] mask lists them), added in place: transformers' order of operations.
+  const auto slots = r.experts.t();  // [k, T]
   for (std::int64_t e = 0; e < num_experts(); ++e) {
-    const auto hit = (r.experts == e).nonzero();  // [n, 2]: (token, slot)
+    const auto hit = (slots == e).nonzero();  // [n, 2]: (slot, token)
     if (hit.size(0) == 0) continue;
-    const auto tok = hit.select(1, 0), slot = hit.select(1, 1);
+    const auto slot = hit.select(1, 0), tok = hit.select(1, 1);
     const auto y = expert_forward(e, x.index_select(0, tok)) * r.weights.index({tok, slot}).unsqueeze(-1);
     out.index_add_(0, tok, y.to(x.scalar_type()));
   }

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <iostream>
 #include <map>
 
 #include "model/hf_reference.hpp"
@@ -139,6 +141,53 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"deepseek_v3_unnormed_mscale", "deepseek-v3",
                            R"({"norm_topk_prob": false, "rope_scaling": {"mscale": 0.8}})"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.label; });
+
+// ----------------------------------------------------------------------------- transformers' eager operations
+
+// tools/hf_eager_reference.py runs the transformers-native families with plain PyTorch, operation for operation as
+// their eager modeling code does (same dtypes, casts and order of sums). Python's torch is Debian's build of the same
+// LibTorch, so the same operations give the same bits: float32 and bfloat16 logits must be identical (measured: all
+// eight cases identical to the last bit). Any cast, upcast or summation order that differs from transformers' shows
+// up here as a bf16-sized difference.
+class HFEager : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+
+TEST_P(HFEager, MatchesTransformersEagerComputation) {
+  if (std::system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with torch and numpy is not installed";
+  const auto& [family, dtype] = GetParam();
+  TempDir dir;
+  const std::string path = write_model(dir, family, R"({"sliding_window": 5})", dtype, 13);
+  HFCausalLM m = load_hf_model(path);
+  const auto ids = random_ids(1, 9, m->config().vocab_size, 31);
+  std::string list;
+  for (auto v : row(ids, 0)) list += (list.empty() ? "" : ",") + std::to_string(v);
+  const std::string out = dir.file("logits.bin");
+  const std::string cmd = "/usr/bin/python3 " + std::string(MOESCOPE_SOURCE_DIR) + "/tools/hf_eager_reference.py " +
+                          path + " " + list + " " + out;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto bytes = testing::read_bytes(out);
+  const std::int64_t V = m->config().vocab_size;
+  ASSERT_EQ(bytes.size(), static_cast<std::size_t>(9 * V * 4));
+  const auto want = torch::from_blob(const_cast<std::uint8_t*>(bytes.data()), {9, V}, torch::kFloat).clone();
+  const auto got = m->forward(ids)[0].to(torch::kFloat);
+  const double scale = want.abs().max().item<double>();
+  const double err = (got - want).abs().max().item<double>() / scale;
+  const double same = (got == want).to(torch::kDouble).mean().item<double>();
+  std::cout << family << " " << dtype_name(dtype) << ": max difference " << err << " of the largest logit, "
+            << 100.0 * same << "% of the logits identical\n";
+  EXPECT_EQ(same, 1.0);
+  EXPECT_EQ(err, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, HFEager,
+                         ::testing::Combine(::testing::Values("mixtral", "qwen2-moe", "qwen3-moe", "olmoe"),
+                                            ::testing::Values(DType::F32, DType::BF16)),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param) + "_" + std::string(dtype_name(std::get<1>(info.param)));
+                           for (auto& c : s)
+                             if (c == '-') c = '_';
+                           return s;
+                         });
 
 // ------------------------------------------------------------------------------------- masks, heads, embeddings
 
