@@ -11,6 +11,7 @@
 #include "moescope/io/safetensors.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 namespace {
@@ -18,12 +19,6 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 namespace fs = std::filesystem;
-
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
-}
 
 std::string utf8(std::uint32_t cp) {
   std::string s;
@@ -131,20 +126,9 @@ const char* torch_dtype_name(DType t) {
   return t == DType::F64 ? "float64" : t == DType::BF16 ? "bfloat16" : "float32";
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  {
-    std::ofstream f(path + ".tmp", std::ios::binary | std::ios::trunc);
-    f << text;
-    if (!f) fail_input(path, "cannot write");
-  }
-  std::error_code ec;
-  fs::rename(path + ".tmp", path, ec);
-  if (ec) fail_input(path, "cannot rename: " + ec.message());
-}
-
 // Tensor values: norm weights around 1, biases small, matrices with std 1/sqrt(fan_in) (embeddings: 1).
 void fill_values(const std::string& name, const std::vector<std::int64_t>& shape, std::uint64_t seed, float* out) {
-  Rng rng(seed * 0x9e3779b97f4a7c15ULL ^ fnv1a(name));
+  Rng rng(seed * 0x9e3779b97f4a7c15ULL ^ fnv1a64(name));
   std::int64_t n = 1;
   for (auto d : shape) n *= d;
   auto ends = [&](const std::string& s) {
@@ -361,10 +345,10 @@ void write_synthetic_model(const std::string& dir, const SyntheticModelOptions& 
   if (ec) fail_input(dir, "cannot create folder: " + ec.message());
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   const HFConfig cfg = parse_hf_config(cfg_json, cfg_path);  // the loader's view decides the tensors
-  write_text_atomic(cfg_path, cfg_json.dump(2) + "\n");
+  write_file_atomic(cfg_path, cfg_json.dump(2) + "\n");
 
   const ordered_json tok = synthetic_tokenizer(o.family);
-  write_text_atomic((fs::path(dir) / "tokenizer.json").string(), tok.dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "tokenizer.json").string(), tok.dump(2) + "\n");
   const auto sp = special_tokens(o.family);
   const bool spm = o.family == "mixtral", deepseek = o.family.rfind("deepseek", 0) == 0;
   ordered_json tc = {{"add_bos_token", spm || deepseek}, {"add_eos_token", false},
@@ -382,7 +366,7 @@ void write_synthetic_model(const std::string& dir, const SyntheticModelOptions& 
     tc.update(ordered_json{{"bos_token", nullptr}, {"eos_token", o.family == "qwen3-moe" ? sp[2] : sp[0]},
                            {"pad_token", sp[0]}, {"tokenizer_class", "Qwen2Tokenizer"}});
   }
-  write_text_atomic((fs::path(dir) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
 
   // Weights, in model order; tensor i goes to shard floor(bytes before i * shards / total).
   std::vector<TensorInfo> infos;
@@ -432,7 +416,7 @@ void write_synthetic_model(const std::string& dir, const SyntheticModelOptions& 
     a = b;
   }
   const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  write_text_atomic((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
 }
 
 }  // namespace moescope

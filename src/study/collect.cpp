@@ -10,6 +10,7 @@
 
 #include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 
@@ -280,16 +281,7 @@ void write_sweep_csv(const std::string& path, const SweepTable& t) {
     for (const auto& m : t.metric_names) s << "," << csv_number(t.metrics.at(m)[i]);
     s << "\n";
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) fail_input(path, "cannot write");
-    out << s.str();
-    if (!out.flush()) fail_input(path, "write failed (disk full?)");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail_input(path, "cannot rename " + tmp + ": " + ec.message());
+  write_file_atomic(path, s.str());
 }
 
 SweepTable read_sweep_table(const ReportReader& r, const std::string& file) {

@@ -18,6 +18,7 @@
 #include "moescope/io/run.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/json.hpp"
+#include "moescope/util/files.hpp"
 
 extern char** environ;
 
@@ -101,16 +102,7 @@ void emit_jobs(const SweepPlan& plan, const std::string& file) {
     }
     s << "\n";
   }
-  const std::string tmp = file + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) fail_input(file, "cannot write the jobs file");
-    out << s.str();
-    if (!out.flush()) fail_input(file, "write failed (disk full?)");
-  }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) fail_input(file, "cannot rename " + tmp + ": " + ec.message());
+  write_file_atomic(file, s.str());
 }
 
 namespace {

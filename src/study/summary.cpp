@@ -11,6 +11,7 @@
 
 #include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 
@@ -312,15 +313,7 @@ void write_summary_markdown(const std::string& path, const SweepSummary& s, cons
       o << "\n";
     }
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) fail_input(path, "cannot write");
-    out << o.str();
-    if (!out.flush()) fail_input(path, "write failed (disk full?)");
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) fail_input(path, "cannot rename " + tmp + ": " + ec.message());
+  write_file_atomic(path, o.str());
 }
 
 }  // namespace moescope
