@@ -211,12 +211,7 @@ void write_summary(ReportWriter& w, const SweepSummary& s) {
                                 {"series", c.series}, {"note", c.note}})
       w.set_attr(b, k, v);
     w.write_int(b + "/n", {c.n}, {});
-    w.write_scalar(b + "/pearson_r", c.pearson.r);
-    w.write_scalar(b + "/pearson_p", c.pearson.p);
-    w.write_scalar(b + "/ci_low", c.pearson.ci_low);
-    w.write_scalar(b + "/ci_high", c.pearson.ci_high);
-    w.write_scalar(b + "/spearman_rho", c.spearman.r);
-    w.write_scalar(b + "/spearman_p", c.spearman.p);
+    write_coefficients(w, b, c.pearson, c.spearman);
   }
 }
 
