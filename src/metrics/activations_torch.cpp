@@ -111,6 +111,7 @@ LayerActivations LayerActivationAccumulator::finish() const {
 
 torch::Tensor run_all_experts(const ExpertBank& bank, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
+  if (bank.all) return bank.all(x);
   std::vector<torch::Tensor> ys;
   ys.reserve(static_cast<std::size_t>(bank.experts));
   for (std::int64_t e = 0; e < bank.experts; ++e) ys.push_back(bank.expert(e, x));
@@ -211,21 +212,26 @@ ExpertBank layer_expert_bank(const MoELayerRef& ref) {
   b.experts = ref.layer->num_experts();
   b.kind = "model";
   b.top_k = 1;
+  bool batched = true;
   if (auto* s = dynamic_cast<SparseMoEImpl*>(ref.layer)) {
     b.dim = s->options.dim();
     b.out_dim = s->options.expert_options().output_dim();
     b.top_k = s->options.top_k();
+    batched = s->options.batched_experts();
   } else if (auto* g = dynamic_cast<GatedMixtureImpl*>(ref.layer)) {
     b.dim = g->options.dim();
     b.out_dim = g->options.expert_options().output_dim();
+    batched = g->options.batched_experts();
   } else if (auto* so = dynamic_cast<SoftMoEImpl*>(ref.layer)) {
     b.dim = so->options.dim();
     b.out_dim = so->options.expert_options().output_dim();
+    batched = so->options.batched_experts();
   } else {
     throw std::invalid_argument(ref.prefix + ": unknown MoE layer type");
   }
   const torch::nn::ModuleList experts = ref.experts;
   b.expert = [experts](std::int64_t e, const torch::Tensor& x) { return detail::run_expert(experts, e, x); };
+  if (batched) b.all = [experts](const torch::Tensor& x) { return BatchedExperts(experts).all(x); };
   MoELayer* layer = ref.layer;
   b.route = [layer](const torch::Tensor& x) {
     torch::NoGradGuard no_grad;

@@ -77,6 +77,154 @@ torch::nn::ModuleList make_experts(const FFNOptions& options, std::int64_t n) {
   return list;
 }
 
+// -------------------------------------------------------------------------------------------- BatchedExperts
+
+BatchedExperts::BatchedExperts(const torch::nn::ModuleList& experts) : options_(1, 1) {
+  if (experts.is_empty() || experts->size() == 0) {
+    throw std::invalid_argument("BatchedExperts: the expert list is null or empty");
+  }
+  for (std::size_t e = 0; e < experts->size(); ++e) {
+    auto* ffn = experts->ptr(e)->as<FFNImpl>();
+    if (ffn == nullptr) throw std::invalid_argument("BatchedExperts: expert " + std::to_string(e) + " is not an FFN");
+    const FFNOptions& o = ffn->options;
+    if (e == 0) {
+      options_ = o;
+      training_ = ffn->is_training();
+    } else if (o.dim() != options_.dim() || o.hidden() != options_.hidden() ||
+               o.output_dim() != options_.output_dim() || o.kind() != options_.kind() ||
+               o.activation() != options_.activation() || o.dropout() != options_.dropout() ||
+               o.bias() != options_.bias()) {
+      throw std::invalid_argument("BatchedExperts: expert " + std::to_string(e) + "'s options differ from expert 0's");
+    }
+    experts_.push_back(ffn);
+  }
+}
+
+void BatchedExperts::stack() const {
+  if (w_in_.defined()) return;
+  std::vector<torch::Tensor> w_in, b_in, w_out, b_out;
+  for (auto* f : experts_) {
+    if (options_.kind() == FFNKind::MLP) {
+      w_in.push_back(f->fc1->weight);
+      w_out.push_back(f->fc2->weight);
+      if (options_.bias()) {
+        b_in.push_back(f->fc1->bias);
+        b_out.push_back(f->fc2->bias);
+      }
+    } else {
+      // Gate and up of one expert side by side: stacked [2E, H, D] is [E, 2H, D] with gate rows first.
+      w_in.insert(w_in.end(), {f->w_gate->weight, f->w_up->weight});
+      w_out.push_back(f->w_down->weight);
+      if (options_.bias()) {
+        b_in.insert(b_in.end(), {f->w_gate->bias, f->w_up->bias});
+        b_out.push_back(f->w_down->bias);
+      }
+    }
+  }
+  const std::int64_t E = size();
+  w_in_ = torch::stack(w_in).view({E, -1, options_.dim()});
+  w_out_ = torch::stack(w_out);
+  if (options_.bias()) {
+    b_in_ = torch::stack(b_in).view({E, -1});
+    b_out_ = torch::stack(b_out);
+  }
+}
+
+torch::Tensor BatchedExperts::hidden(const torch::Tensor& pre) const {
+  if (options_.kind() == FFNKind::SwiGLU) {
+    const std::int64_t H = options_.hidden();
+    return torch::silu(pre.narrow(-1, 0, H)) * pre.narrow(-1, H, H);
+  }
+  auto h = detail::activate(pre, options_.activation());
+  if (options_.dropout() > 0.0) h = torch::dropout(h, options_.dropout(), training_);
+  return h;
+}
+
+torch::Tensor BatchedExperts::first_shared(const torch::Tensor& x) const {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options_.dim(), "BatchedExperts: expected tokens [T, ", options_.dim(),
+              "], got ", x.sizes());
+  stack();
+  const std::int64_t E = size(), rows = w_in_.size(1);
+  const auto pre = torch::linear(x, w_in_.view({E * rows, options_.dim()}),
+                                 b_in_.defined() ? b_in_.view({E * rows}) : torch::Tensor());
+  return hidden(pre.view({x.size(0), E, rows}));
+}
+
+torch::Tensor BatchedExperts::second(const torch::Tensor& h) const {
+  const auto w = w_out_.transpose(1, 2);  // [E, H, O]
+  return b_out_.defined() ? torch::baddbmm(b_out_.unsqueeze(1), h, w) : torch::bmm(h, w);
+}
+
+torch::Tensor BatchedExperts::all(const torch::Tensor& x) const {
+  const auto h = first_shared(x);              // [T, E, H]
+  return second(h.transpose(0, 1)).transpose(0, 1);  // [T, E, O]
+}
+
+torch::Tensor BatchedExperts::mix(const torch::Tensor& x, const torch::Tensor& weights) const {
+  const std::int64_t T = x.size(0), E = size(), H = options_.hidden(), O = options_.output_dim();
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == T && weights.size(1) == E, "BatchedExperts::mix: expected weights [",
+              T, ", ", E, "], got ", weights.sizes());
+  const auto h = first_shared(x);                                        // [T, E, H]
+  const auto g = (h * weights.unsqueeze(-1)).view({T, E * H});           // the weights folded into the activations
+  const auto w = w_out_.permute({1, 0, 2}).reshape({O, E * H});          // [O, E*H]: the experts' fc2 side by side
+  return b_out_.defined() ? torch::addmm(weights.mm(b_out_), g, w.t()) : g.mm(w.t());
+}
+
+torch::Tensor BatchedExperts::per_expert(const torch::Tensor& xs) const {
+  TORCH_CHECK(xs.dim() == 3 && xs.size(0) == size() && xs.size(2) == options_.dim(),
+              "BatchedExperts: expected rows [", size(), ", N, ", options_.dim(), "], got ", xs.sizes());
+  stack();
+  const auto w = w_in_.transpose(1, 2);  // [E, D, H]
+  const auto pre = b_in_.defined() ? torch::baddbmm(b_in_.unsqueeze(1), xs, w) : torch::bmm(xs, w);
+  return second(hidden(pre));
+}
+
+bool BatchedExperts::grouped_uses_padding(const std::vector<std::int64_t>& counts) {
+  std::int64_t n = 0, most = 0;
+  for (const auto c : counts) {
+    n += c;
+    most = std::max(most, c);
+  }
+  return n > 0 && static_cast<std::int64_t>(counts.size()) * most <= 2 * n;
+}
+
+torch::Tensor BatchedExperts::grouped(const torch::Tensor& x, const torch::Tensor& tokens,
+                                      const std::vector<std::int64_t>& counts) const {
+  TORCH_CHECK(static_cast<std::int64_t>(counts.size()) == size(), "BatchedExperts::grouped: ", counts.size(),
+              " counts for ", size(), " experts");
+  std::int64_t n = 0, most = 0;
+  for (const auto c : counts) {
+    TORCH_CHECK(c >= 0, "BatchedExperts::grouped: negative count ", c);
+    n += c;
+    most = std::max(most, c);
+  }
+  TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == n, "BatchedExperts::grouped: ", tokens.sizes(),
+              " token ids for counts summing to ", n);
+  const std::int64_t O = options_.output_dim();
+  if (n == 0) return torch::zeros({0, O}, x.options());
+  const auto xs = x.index_select(0, tokens);  // [N, D], grouped by expert
+  if (!grouped_uses_padding(counts)) {
+    std::vector<torch::Tensor> pieces;
+    std::int64_t start = 0;
+    for (std::size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] == 0) continue;
+      pieces.push_back(experts_[e]->forward(xs.narrow(0, start, counts[e])));
+      start += counts[e];
+    }
+    return torch::cat(pieces, 0);
+  }
+  // Row r of expert e's group goes to padded row e * most + r.
+  const std::int64_t E = size();
+  std::vector<std::int64_t> slot;
+  slot.reserve(static_cast<std::size_t>(n));
+  for (std::int64_t e = 0; e < E; ++e) {
+    for (std::int64_t r = 0; r < counts[static_cast<std::size_t>(e)]; ++r) slot.push_back(e * most + r);
+  }
+  const auto idx = torch::tensor(slot, torch::kLong).to(x.device());
+  const auto padded = torch::zeros({E * most, options_.dim()}, x.options()).index_copy(0, idx, xs);
+  return per_expert(padded.view({E, most, options_.dim()})).view({E * most, O}).index_select(0, idx);
+}
+
 std::int64_t ffn_params(const FFNOptions& o) {
   const std::int64_t d = o.dim(), h = o.hidden(), out = o.output_dim(), b = o.bias() ? 1 : 0;
   if (o.kind() == FFNKind::MLP) return d * h + b * h + h * out + b * out;

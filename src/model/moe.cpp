@@ -17,13 +17,19 @@ void check_common(const char* layer, std::int64_t dim, std::int64_t experts) {
   TORCH_CHECK(experts > 0, layer, ": experts must be positive, got ", experts);
 }
 
-// Every expert on every token, [T, E, O], without autograd: what a probe asks for.
-torch::Tensor all_expert_outputs(const torch::nn::ModuleList& experts, const torch::Tensor& x) {
-  torch::NoGradGuard no_grad;
+// Every expert on every token, [T, E, O]: batched, or one expert after another (the reference path).
+torch::Tensor each_expert(const torch::nn::ModuleList& experts, const torch::Tensor& x, bool batched) {
+  if (batched) return BatchedExperts(experts).all(x);
   std::vector<torch::Tensor> ys;
   ys.reserve(experts->size());
-  for (std::size_t e = 0; e < experts->size(); ++e) ys.push_back(detail::run_expert(experts, e, x));
+  for (std::size_t e = 0; e < experts->size(); ++e) ys.push_back(detail::run_expert(experts, static_cast<std::int64_t>(e), x));
   return torch::stack(ys, 1);
+}
+
+// Every expert on every token, [T, E, O], without autograd: what a probe asks for.
+torch::Tensor all_expert_outputs(const torch::nn::ModuleList& experts, const torch::Tensor& x, bool batched) {
+  torch::NoGradGuard no_grad;
+  return each_expert(experts, x, batched);
 }
 
 // Appends what the probe asks for. `choices` (returning {indices, weights}) and `outputs` are called only
@@ -79,13 +85,18 @@ MoEOutput GatedMixtureImpl::forward_moe(const torch::Tensor& x_in) {
   const auto x = detail::flatten_tokens(x_in, options.dim(), "GatedMixture");
   const std::int64_t T = x.size(0), E = options.experts();
   RoutingInfo r;
-  r.logits = router(x) / options.temperature();
+  r.logits = router(x);
+  if (options.temperature() != 1.0) r.logits = r.logits / options.temperature();  // x / 1 is x: skip the pass
   r.probs = torch::softmax(r.logits, -1);
-  std::vector<torch::Tensor> ys;
-  ys.reserve(static_cast<std::size_t>(E));
-  for (std::int64_t e = 0; e < E; ++e) ys.push_back(detail::run_expert(experts, e, x));
-  const auto y = torch::stack(ys, 1);  // [T, E, O]
-  const auto out = (r.probs.unsqueeze(-1) * y).sum(1);
+  // With the experts' outputs asked for (or on the reference path), form them [T, E, O] and weight them; else fold
+  // the router weights into the hidden activations and never form them.
+  torch::Tensor y, out;
+  if (options.keep_expert_outputs() || (probe_ && probe_->record_expert_outputs) || !options.batched_experts()) {
+    y = each_expert(experts, x, options.batched_experts());
+    out = (r.probs.unsqueeze(-1) * y).sum(1);
+  } else {
+    out = BatchedExperts(experts).mix(x, r.probs);
+  }
   r.expert_counts = torch::full({E}, T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
   if (options.keep_expert_outputs()) r.expert_outputs = y;
   if (probe_) record(*probe_, x, r, [&] { return argmax_choice(r.probs); }, [&] { return y; });
@@ -129,13 +140,20 @@ MoEOutput SoftMoEImpl::forward_moe(const torch::Tensor& x_in) {
   const auto dispatch = torch::softmax(logits, 1);  // over tokens, per slot
   const auto combine = torch::softmax(logits, 2);   // over slots, per token
   const auto slot_in = torch::matmul(dispatch.transpose(1, 2), x).view({B, E, p, d});
-  std::vector<torch::Tensor> ys;
-  ys.reserve(static_cast<std::size_t>(E));
-  for (std::int64_t e = 0; e < E; ++e) {
-    const auto y = detail::run_expert(experts, e, slot_in.select(1, e).reshape({B * p, d}));
-    ys.push_back(y.view({B, p, -1}));
+  // Expert e runs on the B*p slots of its own: one batched product over experts (or one call per expert).
+  torch::Tensor slot_out;  // [B, S, O]
+  if (options.batched_experts()) {
+    const auto ys = BatchedExperts(experts).per_expert(slot_in.transpose(0, 1).reshape({E, B * p, d}));  // [E, B*p, O]
+    slot_out = ys.view({E, B, p, -1}).transpose(0, 1).reshape({B, S, -1});
+  } else {
+    std::vector<torch::Tensor> ys;
+    ys.reserve(static_cast<std::size_t>(E));
+    for (std::int64_t e = 0; e < E; ++e) {
+      const auto y = detail::run_expert(experts, e, slot_in.select(1, e).reshape({B * p, d}));
+      ys.push_back(y.view({B, p, -1}));
+    }
+    slot_out = torch::stack(ys, 1).view({B, S, -1});
   }
-  const auto slot_out = torch::stack(ys, 1).view({B, S, -1});  // [B, S, O]
   auto out = torch::matmul(combine, slot_out);                  // [B, m, O]
 
   RoutingInfo r;
@@ -148,7 +166,7 @@ MoEOutput SoftMoEImpl::forward_moe(const torch::Tensor& x_in) {
   if (probe_) {
     const auto tokens = x.reshape({B * m, d});
     record(*probe_, tokens, r, [&] { return argmax_choice(r.probs); },
-           [&] { return all_expert_outputs(experts, tokens); });
+           [&] { return all_expert_outputs(experts, tokens, options.batched_experts()); });
   }
   if (x_in.dim() == 2) out = out.squeeze(1);
   return {out, std::move(r)};
@@ -224,19 +242,23 @@ MoEOutput SparseMoEImpl::forward_moe(const torch::Tensor& x_in) {
   r.dropped = T * k - kept;
 
   const auto tokens = torch::arange(T, long_opts).repeat_interleave(k).index_select(0, positions);
-  std::vector<torch::Tensor> pieces;
-  std::int64_t start = 0;
-  for (std::int64_t e = 0; e < E; ++e) {
-    if (cnt[e] == 0) continue;
-    const auto ids = tokens.narrow(0, start, cnt[e]);
-    pieces.push_back(detail::run_expert(experts, e, x.index_select(0, ids)));
-    start += cnt[e];
-  }
   const std::int64_t O = options.expert_options().output_dim();
   auto out = torch::zeros({T, O}, x.options());
   torch::Tensor ys;
-  if (!pieces.empty()) {
+  if (kept > 0 && options.batched_experts()) {
+    // Each expert on its own tokens (the sorted assignments are grouped by expert): [kept, O].
+    ys = BatchedExperts(experts).grouped(x, tokens, std::vector<std::int64_t>(cnt, cnt + E));
+  } else if (kept > 0) {
+    std::vector<torch::Tensor> pieces;
+    std::int64_t start = 0;
+    for (std::int64_t e = 0; e < E; ++e) {
+      if (cnt[e] == 0) continue;
+      pieces.push_back(detail::run_expert(experts, e, x.index_select(0, tokens.narrow(0, start, cnt[e]))));
+      start += cnt[e];
+    }
     ys = torch::cat(pieces, 0);
+  }
+  if (ys.defined()) {
     const auto w = weights.reshape({-1}).index_select(0, positions).unsqueeze(1);
     out.index_add_(0, tokens, ys * w);
   }
@@ -247,7 +269,7 @@ MoEOutput SparseMoEImpl::forward_moe(const torch::Tensor& x_in) {
   }
   if (probe_) {
     record(*probe_, x, r, [&] { return std::make_pair(indices, weights); },
-           [&] { return all_expert_outputs(experts, x); });
+           [&] { return all_expert_outputs(experts, x, options.batched_experts()); });
   }
   return {detail::restore_tokens(out, x_in), std::move(r)};
 }

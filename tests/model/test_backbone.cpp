@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "moescope/model/classifier.hpp"
 #include "support/seeded.hpp"
@@ -108,6 +111,157 @@ TEST_F(BatchNormTest, EvalModeFoldedConvBatchNormMatchesTheModules) {
   bn->train();
   const torch::Tensor yt = detail::conv_bn(*conv, *bn, x0);
   EXPECT_LT(yt.mean({0, 2, 3}).sub(bn->bias).abs().max().item<double>(), 1e-12);
+}
+
+// ------------------------------------------------------------------ conv2d_twice_differentiable
+
+class TwiceDifferentiableConvTest : public testing::SeededTest {};
+
+struct ConvCase {
+  std::vector<std::int64_t> kernel, stride, padding, dilation;
+  bool bias;
+  bool input_grad;  // false: the first layer of a network (images need no gradient)
+};
+
+std::vector<ConvCase> conv_cases() {
+  return {{{3, 3}, {1, 1}, {1, 1}, {1, 1}, true, true},   {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true},
+          {{1, 1}, {2, 2}, {0, 0}, {1, 1}, false, true},  {{3, 2}, {2, 1}, {1, 0}, {2, 1}, true, true},
+          {{3, 3}, {1, 1}, {2, 2}, {1, 1}, true, false}};
+}
+
+// Largest difference relative to the larger of 1 and the reference's largest magnitude.
+double rel_diff(const torch::Tensor& a, const torch::Tensor& ref) {
+  return max_abs_diff(a, ref) / std::max(1.0, ref.abs().max().item<double>());
+}
+
+// Value, gradient and Hessian-vector product (all inputs at once) of sum(tanh(conv(x, w, b)) * r).
+std::vector<torch::Tensor> derivatives(bool twice, const ConvCase& c, const torch::Tensor& x0, const torch::Tensor& w0,
+                                       const torch::Tensor& b0, const torch::Tensor& r) {
+  const auto x = x0.clone().requires_grad_(c.input_grad);
+  const auto w = w0.clone().requires_grad_(true);
+  const auto b = c.bias ? b0.clone().requires_grad_(true) : torch::Tensor();
+  const auto y = twice ? detail::conv2d_twice_differentiable(x, w, b, c.stride, c.padding, c.dilation)
+                       : at::conv2d(x, w, b, c.stride, c.padding, c.dilation, 1);
+  std::vector<torch::Tensor> inputs{w};
+  if (c.bias) inputs.push_back(b);
+  if (c.input_grad) inputs.push_back(x);
+  const auto g = torch::autograd::grad({(torch::tanh(y) * r).sum()}, inputs, {}, true, true);
+  torch::Tensor gv = torch::zeros({}, x0.options());
+  for (std::size_t i = 0; i < g.size(); ++i) gv = gv + (g[i] * torch::cos(torch::arange(g[i].numel(), x0.options()))
+                                                               .view(g[i].sizes())).sum();
+  const auto hv = torch::autograd::grad({gv}, inputs);
+  std::vector<torch::Tensor> out{y.detach()};
+  for (const auto& t : g) out.push_back(t.detach());
+  for (const auto& t : hv) out.push_back(t);
+  return out;
+}
+
+// Against LibTorch's own convolution, float64: the first derivatives come from the same kernels and the second from
+// im2col / products / col2im, so only the order of roundings differs (1e-12 relative).
+TEST_F(TwiceDifferentiableConvTest, ValuesGradientsAndHvpEqualNativeConvolution) {
+  for (const auto& c : conv_cases()) {
+    const auto x = torch::randn({3, 2, 9, 8}, torch::kFloat64);
+    const auto w = torch::randn({4, 2, c.kernel[0], c.kernel[1]}, torch::kFloat64);
+    const auto b = torch::randn({4}, torch::kFloat64);
+    const auto y = at::conv2d(x, w, b, c.stride, c.padding, c.dilation, 1);
+    const auto r = torch::randn_like(y);
+    const auto native = derivatives(false, c, x, w, b, r);
+    const auto twice = derivatives(true, c, x, w, b, r);
+    ASSERT_EQ(native.size(), twice.size());
+    for (std::size_t i = 0; i < native.size(); ++i) {
+      EXPECT_LT(rel_diff(twice[i], native[i]), 1e-12) << "kernel " << c.kernel[0] << "x" << c.kernel[1] << " stride "
+                                                       << c.stride[0] << " result " << i;
+    }
+  }
+}
+
+// Without create_graph the backward is the native kernel's, called with the native autograd's arguments: the
+// float32 values and gradients are the same bits.
+TEST_F(TwiceDifferentiableConvTest, FirstDerivativesAreTheNativeKernels) {
+  const auto x0 = torch::randn({8, 3, 12, 12});
+  const auto w0 = torch::randn({16, 3, 3, 3});
+  const auto b0 = torch::randn({16});
+  std::vector<torch::Tensor> res[2];
+  for (int twice = 0; twice < 2; ++twice) {
+    const auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    const auto y = twice ? detail::conv2d_twice_differentiable(x, w, b, {1, 1}, {1, 1}, {1, 1})
+                         : at::conv2d(x, w, b, {1, 1}, {1, 1}, {1, 1}, 1);
+    const auto g = torch::autograd::grad({(y * y).sum()}, {x, w, b});
+    res[twice] = {y.detach(), g[0], g[1], g[2]};
+  }
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_TRUE(torch::equal(res[0][i], res[1][i])) << "result " << i;
+}
+
+TEST_F(TwiceDifferentiableConvTest, RejectsMismatchedShapes) {
+  const auto x = torch::randn({1, 2, 5, 5});
+  EXPECT_THROW(detail::conv2d_twice_differentiable(x, torch::randn({3, 4, 3, 3}), {}, {1, 1}, {1, 1}, {1, 1}),
+               c10::Error);
+  EXPECT_THROW(detail::conv2d_twice_differentiable(x, torch::randn({3, 2, 3, 3}), torch::randn({2}), {1, 1}, {1, 1},
+                                                   {1, 1}),
+               c10::Error);
+  EXPECT_THROW(detail::conv2d_twice_differentiable(x, torch::randn({3, 2, 3, 3}), {}, {1}, {1, 1}, {1, 1}), c10::Error);
+}
+
+// Loss value, gradient and a Hessian-vector product over every parameter of a backbone in eval mode.
+std::vector<torch::Tensor> backbone_derivatives(torch::nn::Module& net, const std::function<torch::Tensor()>& forward) {
+  const auto params = net.parameters();
+  const auto y = forward();
+  const auto loss = (torch::tanh(y) * torch::cos(torch::arange(y.numel(), y.options()).view(y.sizes()))).sum();
+  const auto g = torch::autograd::grad({loss}, params, {}, true, true);
+  torch::Tensor gv = torch::zeros({}, y.options());
+  for (std::size_t i = 0; i < g.size(); ++i) gv = gv + (g[i] * torch::sin(torch::arange(g[i].numel(), y.options()).view(g[i].sizes()))).sum();
+  const auto hv = torch::autograd::grad({gv}, params, {}, false, false, /*allow_unused=*/true);
+  std::vector<torch::Tensor> out{loss.detach()};
+  for (const auto& t : g) out.push_back(t.detach());
+  for (std::size_t i = 0; i < hv.size(); ++i) out.push_back(hv[i].defined() ? hv[i] : torch::zeros_like(params[i]));
+  return out;
+}
+
+// Batch norm statistics and affine parameters away from 0 / 1: a few training-mode passes and a random affine map.
+void settle_batch_norm(torch::nn::Module& net, const torch::Tensor& x, const std::function<torch::Tensor()>& forward) {
+  net.train();
+  {
+    torch::NoGradGuard ng;
+    for (int i = 0; i < 3; ++i) forward();
+    for (auto& p : net.named_parameters()) {
+      if (p.key().find("bn") != std::string::npos || p.key().find("downsample.1") != std::string::npos) {
+        p.value().copy_(torch::randn_like(p.value()) * 0.5 + (p.key().find("weight") != std::string::npos ? 1.0 : 0.0));
+      }
+    }
+  }
+  (void)x;
+  net.eval();
+}
+
+// Whole backbones in eval mode: the im2col double backward against LibTorch's native one (the same module with
+// im2col_double_backward off), float64, 1e-12 relative.
+TEST_F(TwiceDifferentiableConvTest, EvalModeBackbonesKeepTheirHessianVectorProducts) {
+  for (const bool bn : {true, false}) {
+    SmallCNN net(SmallCNNOptions(2, {4, 6}).batch_norm(bn));
+    net->to(torch::kFloat64);
+    const auto x = torch::randn({5, 2, 12, 12}, torch::kFloat64);
+    const std::function<torch::Tensor()> fwd = [&] { return net->forward(x); };
+    settle_batch_norm(*net, x, fwd);
+    net->options.im2col_double_backward(false);
+    const auto native = backbone_derivatives(*net, fwd);
+    net->options.im2col_double_backward(true);
+    const auto twice = backbone_derivatives(*net, fwd);
+    ASSERT_EQ(native.size(), twice.size());
+    for (std::size_t i = 0; i < native.size(); ++i) {
+      EXPECT_LT(rel_diff(twice[i], native[i]), 1e-12) << "SmallCNN batch_norm " << bn << " result " << i;
+    }
+  }
+  ResNet18 net(ResNet18Options(3).width(2));
+  net->to(torch::kFloat64);
+  const auto x = torch::randn({3, 3, 8, 8}, torch::kFloat64);
+  const std::function<torch::Tensor()> fwd = [&] { return net->forward(x); };
+  settle_batch_norm(*net, x, fwd);
+  net->options.im2col_double_backward(false);
+  const auto native = backbone_derivatives(*net, fwd);
+  net->options.im2col_double_backward(true);
+  const auto twice = backbone_derivatives(*net, fwd);
+  ASSERT_EQ(native.size(), twice.size());
+  for (std::size_t i = 0; i < native.size(); ++i) EXPECT_LT(rel_diff(twice[i], native[i]), 1e-12) << "ResNet-18 result " << i;
 }
 
 }  // namespace

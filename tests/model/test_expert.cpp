@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "support/seeded.hpp"
 
@@ -112,6 +114,239 @@ TEST_F(FFNTest, RejectsBadOptions) {
   EXPECT_THROW(parse_activation("tanh"), std::invalid_argument);
   EXPECT_EQ(parse_activation(activation_name(Activation::GELU)), Activation::GELU);
   EXPECT_EQ(parse_ffn_kind(ffn_kind_name(FFNKind::SwiGLU)), FFNKind::SwiGLU);
+}
+
+
+// ---------------------------------------------------------------------------------------------- BatchedExperts
+
+class BatchedExpertsTest : public testing::SeededTest {};
+
+// The reference: each expert's own FFN::forward on every token, [T, E, O].
+torch::Tensor each_expert(const torch::nn::ModuleList& experts, const torch::Tensor& x) {
+  std::vector<torch::Tensor> ys;
+  for (std::size_t e = 0; e < experts->size(); ++e) ys.push_back(detail::run_expert(experts, static_cast<std::int64_t>(e), x));
+  return torch::stack(ys, 1);
+}
+
+// Every expert kind, activation and bias setting; out_dim 0 (= dim) once.
+std::vector<FFNOptions> expert_configs() {
+  return {FFNOptions(6, 5).out_dim(3),
+          FFNOptions(6, 5).out_dim(3).activation(Activation::GELU),
+          FFNOptions(6, 5).activation(Activation::SiLU).bias(false),
+          FFNOptions(6, 5).out_dim(3).kind(FFNKind::SwiGLU),
+          FFNOptions(6, 5).out_dim(3).kind(FFNKind::SwiGLU).bias(false)};
+}
+
+torch::nn::ModuleList double_experts(const FFNOptions& o, std::int64_t n) {
+  auto experts = make_experts(o, n);
+  experts->to(torch::kDouble);
+  return experts;
+}
+
+std::vector<torch::Tensor> params_of(const torch::nn::ModuleList& experts) { return experts->parameters(); }
+
+// Gradients of sum(y * r) with respect to `inputs`.
+std::vector<torch::Tensor> grads(const torch::Tensor& y, const torch::Tensor& r, const std::vector<torch::Tensor>& inputs) {
+  return torch::autograd::grad({(y * r).sum()}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                               /*allow_unused=*/true);
+}
+
+void expect_all_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, double tol,
+                      const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].defined(), b[i].defined()) << what << " #" << i;
+    if (a[i].defined()) EXPECT_LT(max_abs_diff(a[i], b[i]), tol) << what << " #" << i;
+  }
+}
+
+// Float64 tolerance: values and gradients are O(1) sums of at most a few dozen O(1) products, so the two
+// summation orders differ by a few units of 1.1e-16; 1e-12 leaves three orders of magnitude.
+constexpr double kTol64 = 1e-12;
+
+TEST_F(BatchedExpertsTest, AllEqualsEachExpertWithGradients) {
+  for (const auto& o : expert_configs()) {
+    const auto experts = double_experts(o, 4);
+    const BatchedExperts bank(experts);
+    const auto x = torch::randn({9, 6}, torch::kDouble).requires_grad_(true);
+    const auto y = bank.all(x);
+    const auto ref = each_expert(experts, x);
+    ASSERT_EQ(y.sizes(), ref.sizes());
+    EXPECT_EQ(y.size(2), o.output_dim());
+    EXPECT_LT(max_abs_diff(y, ref), kTol64) << ffn_kind_name(o.kind()) << " " << activation_name(o.activation());
+    auto inputs = params_of(experts);
+    inputs.push_back(x);
+    const auto r = torch::randn_like(ref);
+    expect_all_close(grads(y, r, inputs), grads(ref, r, inputs), kTol64, "all() gradients");
+  }
+}
+
+TEST_F(BatchedExpertsTest, MixEqualsWeightedSumWithGradients) {
+  for (const auto& o : expert_configs()) {
+    const auto experts = double_experts(o, 4);
+    const auto x = torch::randn({9, 6}, torch::kDouble).requires_grad_(true);
+    const auto w = torch::softmax(torch::randn({9, 4}, torch::kDouble), -1).requires_grad_(true);
+    const auto y = BatchedExperts(experts).mix(x, w);
+    const auto ref = (w.unsqueeze(-1) * each_expert(experts, x)).sum(1);
+    ASSERT_EQ(y.sizes(), ref.sizes());
+    EXPECT_LT(max_abs_diff(y, ref), kTol64);
+    auto inputs = params_of(experts);
+    inputs.push_back(x);
+    inputs.push_back(w);
+    const auto r = torch::randn_like(ref);
+    expect_all_close(grads(y, r, inputs), grads(ref, r, inputs), kTol64, "mix() gradients");
+  }
+}
+
+TEST_F(BatchedExpertsTest, PerExpertRowsEqualEachExpert) {
+  for (const auto& o : expert_configs()) {
+    const auto experts = double_experts(o, 3);
+    const auto xs = torch::randn({3, 5, 6}, torch::kDouble).requires_grad_(true);
+    const auto y = BatchedExperts(experts).per_expert(xs);
+    std::vector<torch::Tensor> rows;
+    for (std::int64_t e = 0; e < 3; ++e) rows.push_back(detail::run_expert(experts, e, xs[e]));
+    const auto ref = torch::stack(rows);
+    ASSERT_EQ(y.sizes(), ref.sizes());
+    EXPECT_LT(max_abs_diff(y, ref), kTol64);
+    auto inputs = params_of(experts);
+    inputs.push_back(xs);
+    const auto r = torch::randn_like(ref);
+    expect_all_close(grads(y, r, inputs), grads(ref, r, inputs), kTol64, "per_expert() gradients");
+  }
+}
+
+TEST_F(BatchedExpertsTest, GroupedPaddedAndLoopedEqualEachExpert) {
+  // Balanced groups pad into one batched product (4 experts x 4 rows <= 2 x 12); one dominant group runs expert
+  // by expert (4 x 9 > 2 x 10). Empty groups in both.
+  const std::vector<std::vector<std::int64_t>> cases{{3, 2, 4, 3}, {3, 0, 4, 3}, {9, 0, 1, 0}, {0, 0, 0, 1}};
+  const std::vector<bool> padded{true, true, false, false};
+  for (const auto& o : expert_configs()) {
+    for (std::size_t c = 0; c < cases.size(); ++c) {
+      const auto& counts = cases[c];
+      ASSERT_EQ(BatchedExperts::grouped_uses_padding(counts), padded[c]) << c;
+      const auto experts = double_experts(o, 4);
+      std::int64_t n = 0;
+      for (const auto k : counts) n += k;
+      const auto x = torch::randn({7, 6}, torch::kDouble).requires_grad_(true);
+      const auto tokens = torch::randint(0, 7, {n}, torch::kLong);  // repeats allowed, as with top-k > 1
+      const auto y = BatchedExperts(experts).grouped(x, tokens, counts);
+      std::vector<torch::Tensor> pieces;
+      std::int64_t start = 0;
+      for (std::int64_t e = 0; e < 4; ++e) {
+        const auto k = counts[static_cast<std::size_t>(e)];
+        if (k > 0) pieces.push_back(detail::run_expert(experts, e, x.index_select(0, tokens.narrow(0, start, k))));
+        start += k;
+      }
+      const auto ref = torch::cat(pieces);
+      ASSERT_EQ(y.sizes(), ref.sizes());
+      EXPECT_LT(max_abs_diff(y, ref), kTol64) << "case " << c;
+      auto inputs = params_of(experts);
+      inputs.push_back(x);
+      const auto r = torch::randn_like(ref);
+      const auto g = grads(y, r, inputs), gr = grads(ref, r, inputs);
+      // An expert without rows gets no gradient from the reference (unused) and zeros from the padded product.
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const auto a = g[i].defined() ? g[i] : torch::zeros_like(inputs[i]);
+        const auto b = gr[i].defined() ? gr[i] : torch::zeros_like(inputs[i]);
+        EXPECT_LT(max_abs_diff(a, b), kTol64) << "case " << c << " gradient #" << i;
+      }
+    }
+  }
+  const auto experts = make_experts(FFNOptions(6, 5), 2);
+  EXPECT_EQ(BatchedExperts(experts).grouped(torch::randn({3, 6}), torch::empty({0}, torch::kLong), {0, 0}).sizes(),
+            (std::vector<std::int64_t>{0, 6}));
+  EXPECT_THROW(BatchedExperts(experts).grouped(torch::randn({3, 6}), torch::zeros({2}, torch::kLong), {1, 2}),
+               c10::Error);
+}
+
+TEST_F(BatchedExpertsTest, HessianVectorProductsEqualEachExpert) {
+  // Double backward through the stacked weights: the curvature module's HVPs see the same function.
+  for (const auto& o : {FFNOptions(6, 5).out_dim(3).activation(Activation::GELU),
+                        FFNOptions(6, 5).out_dim(3).kind(FFNKind::SwiGLU)}) {
+    const auto experts = double_experts(o, 3);
+    const auto x = torch::randn({8, 6}, torch::kDouble);
+    const auto w = torch::softmax(torch::randn({8, 3}, torch::kDouble), -1);
+    const auto target = torch::randn({8, 3}, torch::kDouble);
+    const auto params = params_of(experts);
+    std::vector<torch::Tensor> v;
+    for (const auto& p : params) v.push_back(torch::randn_like(p));
+    const auto hvp = [&](const torch::Tensor& out) {
+      const auto loss = (out - target).pow(2).sum() + out.pow(3).sum();
+      const auto g = torch::autograd::grad({loss}, params, {}, true, true);
+      torch::Tensor gv = torch::zeros({}, torch::kDouble);
+      for (std::size_t i = 0; i < g.size(); ++i) gv = gv + (g[i] * v[i]).sum();
+      return torch::autograd::grad({gv}, params);
+    };
+    const auto batched = hvp(BatchedExperts(experts).mix(x, w));
+    const auto reference = hvp((w.unsqueeze(-1) * each_expert(experts, x)).sum(1));
+    expect_all_close(batched, reference, 1e-10, "HVP");  // O(10) entries: sums of more, larger terms
+  }
+}
+
+// |W2| (|W1| |x| + |b1|) + |b2| per token and expert [T, E, O], in float64: the magnitude that float32 rounding
+// errors of a ReLU MLP expert scale with.
+torch::Tensor rounding_scale(const torch::nn::ModuleList& experts, const torch::Tensor& x) {
+  std::vector<torch::Tensor> m;
+  const auto ax = x.to(torch::kDouble).abs();
+  for (std::size_t e = 0; e < experts->size(); ++e) {
+    const auto* f = experts->ptr(e)->as<FFNImpl>();
+    const auto a = [](const torch::Tensor& t) { return t.detach().to(torch::kDouble).abs(); };
+    const auto h = torch::matmul(ax, a(f->fc1->weight).t()) + a(f->fc1->bias);
+    m.push_back(torch::matmul(h, a(f->fc2->weight).t()) + a(f->fc2->bias));
+  }
+  return torch::stack(m, 1);
+}
+
+TEST_F(BatchedExpertsTest, Float32WithinRoundingOfFloat64) {
+  // The vision study's expert shape (512-64-10), 8 experts, 64 tokens. The classic bound for a dot product of
+  // n terms, |fl(s) - s| <= n u sum|terms| (u = 2^-24), through both layers: error <= (D + H + 2) u * scale.
+  // Both the batched and the per-expert float32 results must stay inside it (they differ only in summation order).
+  const auto experts = make_experts(FFNOptions(512, 64).out_dim(10), 8);
+  auto experts64 = make_experts(FFNOptions(512, 64).out_dim(10), 8);
+  {
+    torch::NoGradGuard ng;
+    for (std::size_t i = 0; i < experts->parameters().size(); ++i) experts64->parameters()[i].copy_(experts->parameters()[i]);
+  }
+  experts64->to(torch::kDouble);
+  const auto x = torch::randn({64, 512});
+  const auto exact = each_expert(experts64, x.to(torch::kDouble));
+  const double u = std::ldexp(1.0, -24);
+  const auto bound = (512 + 64 + 2) * u * rounding_scale(experts, x);
+  const auto w = torch::softmax(torch::randn({64, 8}), -1);
+  const BatchedExperts bank(experts);
+  torch::NoGradGuard ng;
+  const auto excess = [&](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& b) {
+    return ((got.to(torch::kDouble) - want).abs() - b).max().item<double>();
+  };
+  EXPECT_LE(excess(bank.all(x), exact, bound), 0.0);
+  EXPECT_LE(excess(each_expert(experts, x), exact, bound), 0.0);
+  const auto w64 = w.to(torch::kDouble);
+  // The mixture adds an 8-term weighted sum (weights in [0, 1], summing to 1) on top.
+  const auto mix_bound = ((w64.unsqueeze(-1) * bound).sum(1) + 10 * u * (w64.unsqueeze(-1) * exact.abs()).sum(1));
+  EXPECT_LE(excess(bank.mix(x, w), (w64.unsqueeze(-1) * exact).sum(1), mix_bound), 0.0);
+  // And the errors are rounding-sized, not just inside a loose bound: median relative error a few ulps.
+  const auto rel = ((bank.all(x).to(torch::kDouble) - exact).abs() / exact.abs().clamp_min(1e-3)).flatten();
+  EXPECT_LT(std::get<0>(rel.sort()).select(0, rel.size(0) / 2).item<double>(), 8 * u);
+}
+
+TEST_F(BatchedExpertsTest, DropoutOnlyInTrainingAndRejectsMismatches) {
+  auto experts = make_experts(FFNOptions(8, 32).dropout(0.5), 3);
+  const auto x = torch::randn({4, 8});
+  experts->eval();
+  EXPECT_LT(max_abs_diff(BatchedExperts(experts).all(x), each_expert(experts, x)), 1e-5);
+  experts->train();
+  const auto a = BatchedExperts(experts).all(x), b = BatchedExperts(experts).all(x);
+  EXPECT_FALSE(torch::equal(a, b));
+
+  EXPECT_THROW(BatchedExperts(torch::nn::ModuleList()), std::invalid_argument);
+  torch::nn::ModuleList mixed;
+  mixed->push_back(FFN(FFNOptions(4, 3)));
+  mixed->push_back(FFN(FFNOptions(4, 5)));
+  EXPECT_THROW(BatchedExperts{mixed}, std::invalid_argument);
+  torch::nn::ModuleList other;
+  other->push_back(torch::nn::Linear(4, 3));
+  EXPECT_THROW(BatchedExperts{other}, std::invalid_argument);
+  EXPECT_THROW(BatchedExperts(make_experts(FFNOptions(4, 3), 2)).all(torch::randn({2, 5})), c10::Error);
 }
 
 }  // namespace

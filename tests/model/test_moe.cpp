@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <numeric>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "support/finite_difference.hpp"
@@ -434,6 +437,165 @@ TEST_F(ProbeTest, RecordsShapesAndEveryExpertsOutputs) {
     }
     layer->set_probe(nullptr);
   }
+}
+
+
+// ------------------------------------------------------------------------------------- batched vs per-expert path
+
+class BatchedPathTest : public testing::SeededTest {};
+
+// Everything a layer reports for one input, and the gradients of a loss that reads the output and (when kept) the
+// expert outputs, as double tensors in a fixed order; `names` says what each is.
+struct Reported {
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> tensors;
+  std::int64_t dropped = 0, capacity = 0;
+  void add(const std::string& name, const torch::Tensor& t) {
+    if (!t.defined()) return;
+    names.push_back(name);
+    tensors.push_back(t.detach().to(torch::kDouble));
+  }
+};
+
+template <typename Layer>
+Reported report(Layer& layer, bool batched, const torch::Tensor& x, const std::shared_ptr<Probe>& probe) {
+  layer->options.batched_experts(batched);
+  probe->clear();
+  layer->set_probe(probe);
+  torch::manual_seed(7);  // the same noise draws on both paths
+  const auto r = layer->forward_moe(x);
+  layer->set_probe(nullptr);
+  const auto readout = [](const torch::Tensor& t) {
+    return (t * torch::cos(torch::arange(t.numel(), t.options()).view(t.sizes()))).sum();
+  };
+  auto loss = readout(r.output);
+  if (r.routing.expert_outputs.defined()) loss = loss + readout(r.routing.expert_outputs);
+  const auto params = layer->parameters();
+  const auto grads = torch::autograd::grad({loss}, params, {}, false, false, /*allow_unused=*/true);
+  Reported out;
+  out.add("output", r.output);
+  const auto& ri = r.routing;
+  for (const auto& [name, t] : std::vector<std::pair<std::string, torch::Tensor>>{
+           {"logits", ri.logits}, {"probs", ri.probs}, {"topk_indices", ri.topk_indices},
+           {"topk_weights", ri.topk_weights}, {"dropped_mask", ri.dropped_mask}, {"expert_counts", ri.expert_counts},
+           {"expert_outputs", ri.expert_outputs}, {"clean_logits", ri.clean_logits},
+           {"noise_stddev", ri.noise_stddev}, {"dispatch", ri.dispatch}, {"combine", ri.combine}}) {
+    out.add(name, t);
+  }
+  for (std::size_t i = 0; i < probe->expert_outputs.size(); ++i) out.add("probe expert_outputs", probe->expert_outputs[i]);
+  for (std::size_t i = 0; i < probe->choices.size(); ++i) out.add("probe choices", probe->choices[i]);
+  for (std::size_t i = 0; i < probe->choice_weights.size(); ++i) out.add("probe choice_weights", probe->choice_weights[i]);
+  for (std::size_t i = 0; i < probe->inputs.size(); ++i) out.add("probe inputs", probe->inputs[i]);
+  const auto named = layer->named_parameters();
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    // An expert without tokens gets no gradient on the per-expert path and zeros from a padded batched product.
+    out.add("grad " + named[i].key(), grads[i].defined() ? grads[i] : torch::zeros_like(params[i]));
+  }
+  out.dropped = ri.dropped;
+  out.capacity = ri.capacity;
+  return out;
+}
+
+// Float64 throughout: the two paths compute the same sums in another order, so they agree to a few units of
+// 1.1e-16 relative; 1e-12 relative to the larger of 1 and the reference's magnitude leaves a wide margin.
+template <typename Layer>
+void expect_paths_agree(Layer& layer, const torch::Tensor& x, const std::string& what) {
+  auto probe = std::make_shared<Probe>();
+  probe->record_probs = probe->record_choices = probe->record_expert_outputs = probe->record_inputs = true;
+  for (const bool with_probe : {false, true}) {
+    auto p = with_probe ? probe : std::make_shared<Probe>();
+    const Reported ref = report(layer, false, x, p);
+    const Reported got = report(layer, true, x, p);
+    ASSERT_EQ(got.names, ref.names) << what;
+    EXPECT_EQ(got.dropped, ref.dropped) << what;
+    EXPECT_EQ(got.capacity, ref.capacity) << what;
+    for (std::size_t i = 0; i < ref.tensors.size(); ++i) {
+      ASSERT_EQ(got.tensors[i].sizes(), ref.tensors[i].sizes()) << what << ": " << ref.names[i];
+      const double scale = std::max(1.0, ref.tensors[i].abs().max().item<double>());
+      EXPECT_LT(max_abs_diff(got.tensors[i], ref.tensors[i]), 1e-12 * scale)
+          << what << " (probe " << with_probe << "): " << ref.names[i];
+    }
+  }
+}
+
+TEST_F(BatchedPathTest, GatedMixtureEqualsPerExpertPath) {
+  for (const bool keep : {false, true}) {
+    for (const auto kind : {FFNKind::MLP, FFNKind::SwiGLU}) {
+      GatedMixture gm(
+          GatedMixtureOptions(6, 4).hidden(5).out_dim(3).temperature(0.7).router_bias(true).kind(kind).keep_expert_outputs(keep));
+      gm->to(torch::kDouble);
+      expect_paths_agree(gm, torch::randn({2, 5, 6}, torch::kDouble),
+                         std::string("gated ") + ffn_kind_name(kind) + (keep ? " keep" : ""));
+    }
+  }
+}
+
+TEST_F(BatchedPathTest, SoftMoEEqualsPerExpertPath) {
+  for (const bool keep : {false, true}) {
+    SoftMoE moe(SoftMoEOptions(4, 3).slots(2).hidden(6).out_dim(5).keep_expert_outputs(keep));
+    moe->to(torch::kDouble);
+    expect_paths_agree(moe, torch::randn({2, 5, 4}, torch::kDouble), "soft [B, m, d]");
+    expect_paths_agree(moe, torch::randn({7, 4}, torch::kDouble), "soft [T, d]");
+  }
+}
+
+TEST_F(BatchedPathTest, SparseMoEEqualsPerExpertPathPaddedAndGrouped) {
+  // Random routing of 16 tokens over 4 experts pads into one batched product; a router that sends almost every
+  // token to expert 0 runs group by group. Top-1 and top-2, with and without capacity, clean and noisy.
+  for (const bool unbalanced : {false, true}) {
+    for (const std::int64_t k : {1, 2}) {
+      for (const double cf : {0.0, 1.0}) {
+        for (const bool noisy : {false, true}) {
+          SparseMoE moe(SparseMoEOptions(6, 4).top_k(k).hidden(5).out_dim(3).capacity_factor(cf).noisy(noisy)
+                            .keep_expert_outputs(true));
+          moe->to(torch::kDouble);
+          auto x = torch::randn({16, 6}, torch::kDouble);
+          if (unbalanced) {
+            torch::NoGradGuard ng;
+            moe->router->weight.zero_();
+            moe->router->weight[0].fill_(1.0);
+            moe->router->weight[1].fill_(0.5);
+            x = x.abs() + 0.5;
+          }
+          moe->train();  // noise only in training (no dropout here)
+          const std::string what = std::string(unbalanced ? "unbalanced" : "random") + " k=" + std::to_string(k) +
+                                   " cf=" + std::to_string(cf) + (noisy ? " noisy" : "");
+          torch::manual_seed(7);
+          const auto counts_t = moe->forward_moe(x).routing.expert_counts;
+          const std::vector<std::int64_t> counts(counts_t.data_ptr<std::int64_t>(),
+                                                 counts_t.data_ptr<std::int64_t>() + 4);
+          // (With k = 2 of 4 experts no group exceeds T = N / 2 rows, so padding never doubles the rows.)
+          if (cf == 0.0 && !noisy) EXPECT_EQ(BatchedExperts::grouped_uses_padding(counts), !unbalanced || k == 2) << what;
+          expect_paths_agree(moe, x, what);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(BatchedPathTest, Float32GatedHeadWithinRoundingOfTheReference) {
+  // The vision study's gated head (8 experts 512-64-10) on 128 tokens in float32: both paths against the same
+  // layer in float64. The batched path may not be less accurate than the per-expert one: its largest error is at
+  // most 2x the reference path's plus a few ulps of the output's scale.
+  GatedMixture gm(GatedMixtureOptions(512, 8).hidden(64).out_dim(10));
+  GatedMixture gm64(GatedMixtureOptions(512, 8).hidden(64).out_dim(10));
+  {
+    torch::NoGradGuard ng;
+    const auto src = gm->parameters(), dst = gm64->parameters();
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  }
+  gm64->to(torch::kDouble);
+  gm64->options.batched_experts(false);
+  const auto x = torch::relu(torch::randn({128, 512}));  // post-ReLU features, as the backbone gives
+  torch::NoGradGuard ng;
+  const auto exact = gm64->forward(x.to(torch::kDouble));
+  gm->options.batched_experts(false);
+  const double ref_err = max_abs_diff(gm->forward(x), exact);
+  gm->options.batched_experts(true);
+  const double new_err = max_abs_diff(gm->forward(x), exact);
+  const double u = std::ldexp(1.0, -24);
+  EXPECT_LE(new_err, 2 * ref_err + 4 * u * exact.abs().max().item<double>()) << "reference error " << ref_err;
+  EXPECT_LT(new_err / exact.abs().max().item<double>(), 1e-5);
 }
 
 }  // namespace

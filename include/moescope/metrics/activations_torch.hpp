@@ -55,6 +55,8 @@ struct ExpertBank {
   std::int64_t top_k = 1;  ///< experts per token when routing from probabilities alone
   /// Expert e on x [T, dim] float32: [T, out_dim].
   std::function<torch::Tensor(std::int64_t e, const torch::Tensor& x)> expert;
+  /// Every expert on x [T, dim] at once, [T, experts, out_dim] (batched products); empty: expert() one by one.
+  std::function<torch::Tensor(const torch::Tensor& x)> all;
   /// Routing of x [T, dim]; empty when the layer has no usable router.
   std::function<TokenRouting(const torch::Tensor& x)> route;
 };

@@ -17,7 +17,21 @@ namespace detail {
 /// function (to float rounding), with the same parameters; its double backward (every Hessian-vector product
 /// through a CNN) has no elementwise pass over the activations for batch norm, where native batch norm's eval-mode
 /// double backward runs the training-mode formula over the whole activation tensor.
-torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+/// In eval mode the folded convolution runs as conv2d_twice_differentiable unless `im2col_double_backward` is false
+/// (then LibTorch's conv2d, whose double backward is the native one).
+torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                      bool im2col_double_backward = true);
+
+/// conv2d(x, weight, bias) with zero padding and one group, as an autograd function whose value and first
+/// derivatives are the native ones (LibTorch's convolution and convolution_backward kernels, bit for bit), but whose
+/// backward, when it is itself recorded for differentiation (create_graph: a Hessian-vector product follows), is
+/// written as im2col, two matrix products and col2im: then the second derivatives are matrix products and
+/// im2col/col2im again, where the native double backward runs transposed and dilated convolutions through
+/// LibTorch 1.13's slow CPU kernels (slow_conv_transpose2d). x [B, C, H, W], weight [O, C, kh, kw], bias [O] or
+/// undefined; stride, padding and dilation have two entries. Throws c10::Error on mismatched shapes.
+torch::Tensor conv2d_twice_differentiable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                          std::vector<std::int64_t> stride, std::vector<std::int64_t> padding,
+                                          std::vector<std::int64_t> dilation);
 }  // namespace detail
 
 /// Flatten -> (Linear -> activation -> dropout?) per hidden width. Parameters layers.<i>.weight.
@@ -50,6 +64,10 @@ struct SmallCNNOptions {
   TORCH_ARG(std::int64_t, in_channels);
   TORCH_ARG(std::vector<std::int64_t>, channels);
   TORCH_ARG(bool, batch_norm) = true;
+  /// In eval mode, run the convolutions as detail::conv2d_twice_differentiable: the same values and gradients, and
+  /// Hessian-vector products without LibTorch's slow convolution double backward. false: the native convolution
+  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules.
+  TORCH_ARG(bool, im2col_double_backward) = true;
 };
 
 class SmallCNNImpl : public torch::nn::Cloneable<SmallCNNImpl> {
@@ -73,6 +91,8 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
   torch::Tensor forward(const torch::Tensor& x);
 
   std::int64_t in_planes, planes, stride;
+  /// As ResNet18Options::im2col_double_backward (ResNet18's forward sets it from its options).
+  bool im2col_double_backward = true;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};
@@ -86,6 +106,10 @@ struct ResNet18Options {
   TORCH_ARG(std::int64_t, in_channels);
   /// Channels of layer1 (doubled per stage): 64 is the standard network; smaller values make tests fast.
   TORCH_ARG(std::int64_t, width) = 64;
+  /// In eval mode, run the convolutions as detail::conv2d_twice_differentiable: the same values and gradients, and
+  /// Hessian-vector products without LibTorch's slow convolution double backward. false: the native convolution
+  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules.
+  TORCH_ARG(bool, im2col_double_backward) = true;
 };
 
 class ResNet18Impl : public torch::nn::Cloneable<ResNet18Impl> {

@@ -3,6 +3,7 @@
 // or SwiGLU w_gate/w_up/w_down), so parameter names follow moescope's checkpoint layout in both roles.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -60,6 +61,53 @@ using DenseFFNOptions = FFNOptions;
 
 /// n experts in a ModuleList (register it as "experts": names come out as experts.<e>.fc1.weight).
 torch::nn::ModuleList make_experts(const FFNOptions& options, std::int64_t n);
+
+/// The E experts of a ModuleList made by make_experts, run together as batched matrix products instead of E
+/// small ones. The parameters stay the experts' own (experts.<e>.fc1.weight, ...: checkpoints, parameter subsets
+/// and optimisers see no change); on first use this object stacks them along a new leading expert dimension with
+/// torch::stack, a differentiable copy, so gradients (and double backward) reach each expert's parameters. Make one
+/// per forward call: the stack is a snapshot of the weights. Every method equals running each expert's FFN::forward
+/// on its rows, up to float rounding (the same products summed in another order); dropout draws one mask for all
+/// experts, so it matches in distribution, not draw for draw. Training mode is that of the first expert.
+class BatchedExperts {
+ public:
+  /// Throws std::invalid_argument when the list is null or empty or holds a module that is not an FFN, or when
+  /// the experts' options differ.
+  explicit BatchedExperts(const torch::nn::ModuleList& experts);
+
+  std::int64_t size() const { return static_cast<std::int64_t>(experts_.size()); }
+  const FFNOptions& options() const { return options_; }
+
+  /// Every expert on every token: x [T, D] -> [T, E, O]. The first layer of all experts is one [T, D] x [D, E*H]
+  /// product.
+  torch::Tensor all(const torch::Tensor& x) const;
+  /// The mixture sum_e weights[t, e] * expert_e(x[t]): x [T, D], weights [T, E] -> [T, O], differentiable in both.
+  /// Two products: the first layer as in all(), then one [T, E*H] x [E*H, O] product of the weighted hidden
+  /// activations (the per-expert outputs are never formed).
+  torch::Tensor mix(const torch::Tensor& x, const torch::Tensor& weights) const;
+  /// Expert e on its own rows: xs [E, N, D] -> [E, N, O] (batched products).
+  torch::Tensor per_expert(const torch::Tensor& xs) const;
+  /// Rows grouped by expert: expert e on x's rows tokens[s_e, s_e + counts[e]), s_e = counts[0] + ... +
+  /// counts[e-1]; returns [N, O] in the order of `tokens` (int64 [N], N = sum of counts). When the largest group
+  /// pads the batch to at most twice N rows, one padded batched product; otherwise one product per non-empty group
+  /// (unbalanced routing, where padding would cost more than the E separate calls).
+  torch::Tensor grouped(const torch::Tensor& x, const torch::Tensor& tokens,
+                        const std::vector<std::int64_t>& counts) const;
+  /// Which way grouped() runs for these counts: true for the padded batched product.
+  static bool grouped_uses_padding(const std::vector<std::int64_t>& counts);
+
+ private:
+  void stack() const;
+  torch::Tensor first_shared(const torch::Tensor& x) const;  // [T, D] -> hidden activations [T, E, H]
+  torch::Tensor hidden(const torch::Tensor& pre) const;      // activation (+ dropout) or SwiGLU's gating
+  torch::Tensor second(const torch::Tensor& h) const;        // [E, N, H] -> [E, N, O]
+
+  std::vector<FFNImpl*> experts_;
+  FFNOptions options_;
+  bool training_ = false;
+  // Stacked lazily: MLP w_in = fc1 weights [E, H, D]; SwiGLU w_in = w_gate and w_up side by side [E, 2H, D].
+  mutable torch::Tensor w_in_, b_in_, w_out_, b_out_;
+};
 
 /// Parameters of one FFN with these options.
 std::int64_t ffn_params(const FFNOptions& options);

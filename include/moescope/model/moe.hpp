@@ -12,7 +12,10 @@
 namespace moescope {
 
 /// Softmax-gated mixture where every expert runs: out = sum_e softmax(router(h) / temperature)_e expert_e(h).
-/// (The vision study's "SoftMoE" head.)
+/// (The vision study's "SoftMoE" head.) Batched: the experts' first layers are one product, and the router weights
+/// are folded into the hidden activations so that the second layers and the weighted sum are one more
+/// (BatchedExperts::mix); with keep_expert_outputs or a probe recording expert outputs, the per-expert outputs are
+/// formed and weighted instead.
 struct GatedMixtureOptions {
   GatedMixtureOptions(std::int64_t dim, std::int64_t experts) : dim_(dim), experts_(experts) {}
   TORCH_ARG(std::int64_t, dim);
@@ -28,6 +31,9 @@ struct GatedMixtureOptions {
   TORCH_ARG(bool, router_bias) = false;
   /// Return every expert's output [T, E, O] in RoutingInfo::expert_outputs.
   TORCH_ARG(bool, keep_expert_outputs) = false;
+  /// Run the experts together (BatchedExperts: stacked weights, batched products). false runs each expert as its
+  /// own module call, one after another: the same function, kept as the reference for tests and benchmarks.
+  TORCH_ARG(bool, batched_experts) = true;
 
  public:
   FFNOptions expert_options() const;
@@ -49,7 +55,8 @@ TORCH_MODULE(GatedMixture);
 
 /// Soft MoE: per sequence X [m, d], logits = scale * normalize(X) normalize(Phi) [m, E*p];
 /// dispatch D = softmax over tokens, slot inputs D^T X, expert e runs on its p slots,
-/// combine C = softmax over slots, output = C * slot outputs.
+/// combine C = softmax over slots, output = C * slot outputs. Batched: the experts run on their slots as one
+/// batched product.
 /// Input [B, m, d] is B sequences; input [T, d] is T sequences of one token each.
 struct SoftMoEOptions {
   SoftMoEOptions(std::int64_t dim, std::int64_t experts) : dim_(dim), experts_(experts) {}
@@ -66,6 +73,9 @@ struct SoftMoEOptions {
   TORCH_ARG(bool, normalize) = true;
   /// Return the slot outputs [B, E*p, O] in RoutingInfo::expert_outputs.
   TORCH_ARG(bool, keep_expert_outputs) = false;
+  /// Run the experts together (BatchedExperts: stacked weights, batched products). false runs each expert as its
+  /// own module call, one after another: the same function, kept as the reference for tests and benchmarks.
+  TORCH_ARG(bool, batched_experts) = true;
 
  public:
   FFNOptions expert_options() const;
@@ -87,7 +97,10 @@ class SoftMoEImpl : public torch::nn::Cloneable<SoftMoEImpl>, public MoELayer {
 TORCH_MODULE(SoftMoE);
 
 /// Top-k sparse MoE: p = softmax(router(h)) over all E, take the top k, renormalise their weights
-/// (optionally), out = sum over chosen e of w_e expert_e(h). Each expert runs once, on its tokens only.
+/// (optionally), out = sum over chosen e of w_e expert_e(h). Each expert runs once, on its tokens only: batched,
+/// the (token, expert) assignments sorted by expert are padded to the largest group and run as one batched
+/// product, or group by group when the routing is so unbalanced that padding would double the rows
+/// (BatchedExperts::grouped).
 struct SparseMoEOptions {
   SparseMoEOptions(std::int64_t dim, std::int64_t experts) : dim_(dim), experts_(experts) {}
   TORCH_ARG(std::int64_t, dim);
@@ -109,6 +122,9 @@ struct SparseMoEOptions {
   TORCH_ARG(bool, router_bias) = false;
   /// Return the chosen experts' unweighted outputs [T, k, O] in RoutingInfo::expert_outputs.
   TORCH_ARG(bool, keep_expert_outputs) = false;
+  /// Run the experts together (BatchedExperts: stacked weights, batched products). false runs each expert as its
+  /// own module call, one after another: the same function, kept as the reference for tests and benchmarks.
+  TORCH_ARG(bool, batched_experts) = true;
 
  public:
   FFNOptions expert_options() const;
