@@ -23,21 +23,21 @@ bool explicit_padding(const torch::nn::detail::ConvNdOptions<2>& c, std::vector<
 std::vector<std::int64_t> as_vector(const torch::ExpandingArray<2>& a) { return {a->begin(), a->end()}; }
 
 // A Sequential's forward with each (Conv2d, BatchNorm2d) pair run through detail::conv_bn, and in eval mode each
-// other Conv2d through detail::conv2d_twice_differentiable (unless im2col_double_backward is false).
-torch::Tensor run_sequential(torch::nn::SequentialImpl& seq, torch::Tensor h, bool im2col_double_backward) {
+// other Conv2d through detail::conv2d_twice_differentiable (unless fast_double_backward is false).
+torch::Tensor run_sequential(torch::nn::SequentialImpl& seq, torch::Tensor h, bool fast_double_backward) {
   for (std::size_t i = 0; i < seq.size(); ++i) {
     auto* conv = seq.ptr(i)->as<torch::nn::Conv2dImpl>();
     auto* bn = i + 1 < seq.size() ? seq.ptr(i + 1)->as<torch::nn::BatchNorm2dImpl>() : nullptr;
     std::vector<std::int64_t> padding;
     if (conv != nullptr && bn != nullptr) {
-      h = detail::conv_bn(*conv, *bn, h, im2col_double_backward);
+      h = detail::conv_bn(*conv, *bn, h, fast_double_backward);
       ++i;
-    } else if (conv != nullptr && im2col_double_backward && !conv->is_training() && conv->options.groups() == 1 &&
+    } else if (conv != nullptr && fast_double_backward && !conv->is_training() &&
                c10::holds_alternative<torch::enumtype::kZeros>(conv->options.padding_mode()) &&
                explicit_padding(conv->options, &padding)) {
       // A convolution without batch norm, in eval mode: the same function with cheap second derivatives.
       h = detail::conv2d_twice_differentiable(h, conv->weight, conv->bias, as_vector(conv->options.stride()), padding,
-                                              as_vector(conv->options.dilation()));
+                                              as_vector(conv->options.dilation()), conv->options.groups());
     } else {
       h = (seq.begin() + static_cast<std::ptrdiff_t>(i))->forward(h);
     }
@@ -48,30 +48,96 @@ torch::Tensor run_sequential(torch::nn::SequentialImpl& seq, torch::Tensor h, bo
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// See detail::conv2d_twice_differentiable. Saved: x and weight; stride, padding, dilation and whether there is a
-// bias. Without a bias `bias` is an empty tensor (LibTorch 1.13's custom functions take no undefined inputs).
+// A convolution's stride, padding, dilation and groups, carried through the autograd functions below, with the
+// three first-order kernels they are built from (LibTorch's convolution and convolution_backward: mkldnn on CPU
+// for float32).
+struct ConvGeometry {
+  std::vector<std::int64_t> stride, padding, dilation;
+  std::int64_t groups = 1;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+  }
+  static ConvGeometry load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
+  }
+  // conv(x, w), no bias.
+  torch::Tensor conv(const torch::Tensor& x, const torch::Tensor& w) const {
+    return at::conv2d(x, w, {}, stride, padding, dilation, groups);
+  }
+  // The gradients of <g, conv(x, w)> with respect to x (conv^T(g; w): x only gives the shape) and to w.
+  torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const torch::Tensor& w) const {
+    return std::get<0>(at::convolution_backward(g, x, w, c10::nullopt, stride, padding, dilation, false, {0, 0}, groups,
+                                                {true, false, false}));
+  }
+  torch::Tensor weight_grad(const torch::Tensor& g, const torch::Tensor& x, const torch::Tensor& w) const {
+    return std::get<1>(at::convolution_backward(g, x, w, c10::nullopt, stride, padding, dilation, false, {0, 0}, groups,
+                                                {false, true, false}));
+  }
+};
+
+// gx = conv^T(g; w), bilinear in (g, w); `x` gives only the shape. Its derivatives, for an incoming ggx:
+// d/dg = conv(ggx, w) and d/dw = the weight gradient of <g, conv(ggx, w)>.
+struct ConvInputGrad : public torch::autograd::Function<ConvInputGrad> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& g, const torch::Tensor& w,
+                               const torch::Tensor& x, const ConvGeometry& geo) {
+    ctx->save_for_backward({g, w});
+    geo.save(ctx);
+    return geo.input_grad(g, x, w);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const ConvGeometry geo = ConvGeometry::load(ctx);
+    const torch::Tensor& ggx = grads[0];
+    torch::Tensor dg, dw;
+    if (ctx->needs_input_grad(0)) dg = geo.conv(ggx, saved[1]);
+    if (ctx->needs_input_grad(1)) dw = geo.weight_grad(saved[0], ggx, saved[1]);
+    return {dg, dw, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// gw = the weight gradient of <g, conv(x, w)>, bilinear in (g, x); `w` gives only the shape. Its derivatives, for
+// an incoming ggw: d/dg = conv(x, ggw) and d/dx = conv^T(g; ggw).
+struct ConvWeightGrad : public torch::autograd::Function<ConvWeightGrad> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& g, const torch::Tensor& x,
+                               const torch::Tensor& w, const ConvGeometry& geo) {
+    ctx->save_for_backward({g, x});
+    geo.save(ctx);
+    return geo.weight_grad(g, x, w);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const ConvGeometry geo = ConvGeometry::load(ctx);
+    const torch::Tensor& ggw = grads[0];
+    torch::Tensor dg, dx;
+    if (ctx->needs_input_grad(0)) dg = geo.conv(saved[1], ggw);
+    if (ctx->needs_input_grad(1)) dx = geo.input_grad(saved[0], saved[1], ggw);
+    return {dg, dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// See detail::conv2d_twice_differentiable. Without a bias `bias` is an empty tensor (LibTorch 1.13's custom
+// functions take no undefined inputs).
 struct TwiceDifferentiableConv2d : public torch::autograd::Function<TwiceDifferentiableConv2d> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               const torch::Tensor& bias, std::vector<std::int64_t> stride,
-                               std::vector<std::int64_t> padding, std::vector<std::int64_t> dilation) {
+                               const torch::Tensor& bias, const ConvGeometry& geo) {
     const bool has_bias = bias.numel() > 0;
     ctx->save_for_backward({x, weight});
     ctx->saved_data["bias"] = has_bias;
-    const auto y = at::conv2d(x, weight, has_bias ? bias : torch::Tensor(), stride, padding, dilation, 1);
-    ctx->saved_data["stride"] = std::move(stride);
-    ctx->saved_data["padding"] = std::move(padding);
-    ctx->saved_data["dilation"] = std::move(dilation);
-    return y;
+    geo.save(ctx);
+    return at::conv2d(x, weight, has_bias ? bias : torch::Tensor(), geo.stride, geo.padding, geo.dilation, geo.groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor& x = saved[0];
     const torch::Tensor& w = saved[1];
-    const torch::Tensor& g_out = grads[0];
-    const auto stride = ctx->saved_data["stride"].toIntVector();
-    const auto padding = ctx->saved_data["padding"].toIntVector();
-    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    const torch::Tensor& g = grads[0];
+    const ConvGeometry geo = ConvGeometry::load(ctx);
     const bool has_bias = ctx->saved_data["bias"].toBool();
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
     const bool need_b = has_bias && ctx->needs_input_grad(2);
@@ -80,26 +146,17 @@ struct TwiceDifferentiableConv2d : public torch::autograd::Function<TwiceDiffere
       // First order only: the kernels the native convolution's backward calls, with the same arguments.
       const std::vector<std::int64_t> bias_sizes{w.size(0)};
       std::tie(gx, gw, gb) = at::convolution_backward(
-          g_out, x, w, has_bias ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(), stride, padding,
-          dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, /*groups=*/1, {need_x, need_w, need_b});
+          g, x, w, has_bias ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(), geo.stride,
+          geo.padding, geo.dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, geo.groups,
+          {need_x, need_w, need_b});
     } else {
-      // With L = Ho * Wo output pixels per image and K = C * kh * kw: y = W [O, K] x im2col(x) [K, L] per image.
-      // In rows of output pixels, g [B*L, O]: dW = g^T im2col(x), d im2col(x) = g W, dx = col2im of that.
-      const std::int64_t B = x.size(0), O = w.size(0), K = w.size(1) * w.size(2) * w.size(3);
-      const std::int64_t L = g_out.size(2) * g_out.size(3);
-      const std::vector<std::int64_t> kernel{w.size(2), w.size(3)};
-      const auto g = g_out.permute({0, 2, 3, 1}).reshape({B * L, O});
-      if (need_w) {
-        const auto cols = at::im2col(x, kernel, dilation, padding, stride).transpose(1, 2).reshape({B * L, K});
-        gw = g.t().mm(cols).view(w.sizes());
-      }
-      if (need_x) {
-        const auto g_cols = g.mm(w.reshape({O, K})).view({B, L, K}).transpose(1, 2);
-        gx = at::col2im(g_cols, {x.size(2), x.size(3)}, kernel, dilation, padding, stride);
-      }
-      if (need_b) gb = g_out.sum({0, 2, 3});
+      // The backward is being recorded: the same gradients as functions whose own derivatives are first-order
+      // kernels again.
+      if (need_x) gx = ConvInputGrad::apply(g, w, x, geo);
+      if (need_w) gw = ConvWeightGrad::apply(g, x, w, geo);
+      if (need_b) gb = g.sum({0, 2, 3});
     }
-    return {gx, gw, gb, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {gx, gw, gb, torch::Tensor()};
   }
 };
 
@@ -108,20 +165,21 @@ struct TwiceDifferentiableConv2d : public torch::autograd::Function<TwiceDiffere
 torch::Tensor detail::conv2d_twice_differentiable(const torch::Tensor& x, const torch::Tensor& weight,
                                                   const torch::Tensor& bias, std::vector<std::int64_t> stride,
                                                   std::vector<std::int64_t> padding,
-                                                  std::vector<std::int64_t> dilation) {
-  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && x.size(1) == weight.size(1),
-              "conv2d_twice_differentiable: expected x [B, C, H, W] and weight [O, C, kh, kw], got ", x.sizes(), " and ",
-              weight.sizes());
+                                                  std::vector<std::int64_t> dilation, std::int64_t groups) {
+  TORCH_CHECK(groups >= 1 && x.dim() == 4 && weight.dim() == 4 && x.size(1) == weight.size(1) * groups &&
+                  weight.size(0) % groups == 0,
+              "conv2d_twice_differentiable: expected x [B, C, H, W] and weight [O, C / groups, kh, kw], got ",
+              x.sizes(), " and ", weight.sizes(), " with ", groups, " groups");
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "conv2d_twice_differentiable: bias ", bias.sizes(), " for ", weight.size(0), " output channels");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "conv2d_twice_differentiable: stride, padding and dilation need two entries each");
-  return TwiceDifferentiableConv2d::apply(x, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
-                                          std::move(stride), std::move(padding), std::move(dilation));
+  const ConvGeometry geo{std::move(stride), std::move(padding), std::move(dilation), groups};
+  return TwiceDifferentiableConv2d::apply(x, weight, bias.defined() ? bias : torch::empty({0}, weight.options()), geo);
 }
 
 torch::Tensor detail::conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
-                              bool im2col_double_backward) {
+                              bool fast_double_backward) {
   const auto& b = bn.options;
   const auto& c = conv.options;
   if (bn.is_training() || !b.track_running_stats() || !bn.running_mean.defined() ||
@@ -134,8 +192,9 @@ torch::Tensor detail::conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2
   if (conv.bias.defined()) shift = shift + conv.bias * scale;
   const torch::Tensor weight = conv.weight * scale.view({-1, 1, 1, 1});
   std::vector<std::int64_t> padding;
-  if (im2col_double_backward && c.groups() == 1 && explicit_padding(c, &padding)) {
-    return conv2d_twice_differentiable(x, weight, shift, as_vector(c.stride()), padding, as_vector(c.dilation()));
+  if (fast_double_backward && explicit_padding(c, &padding)) {
+    return conv2d_twice_differentiable(x, weight, shift, as_vector(c.stride()), padding, as_vector(c.dilation()),
+                                       c.groups());
   }
   namespace F = torch::nn::functional;
   return F::conv2d(x, weight,
@@ -202,7 +261,7 @@ torch::Tensor SmallCNNImpl::forward(const torch::Tensor& x) {
               options.in_channels(), ", H, W], got ", x.sizes());
   auto h = x;
   for (const auto& block : *blocks) {
-    h = run_sequential(*block->as<torch::nn::SequentialImpl>(), h, options.im2col_double_backward());
+    h = run_sequential(*block->as<torch::nn::SequentialImpl>(), h, options.fast_double_backward());
   }
   return h.mean({2, 3});
 }
@@ -226,9 +285,9 @@ void BasicBlockImpl::reset() {
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(detail::conv_bn(*conv1, *bn1, x, im2col_double_backward));
-  out = detail::conv_bn(*conv2, *bn2, out, im2col_double_backward);
-  return torch::relu(out + (downsample ? run_sequential(*downsample, x, im2col_double_backward) : x));
+  auto out = torch::relu(detail::conv_bn(*conv1, *bn1, x, fast_double_backward));
+  out = detail::conv_bn(*conv2, *bn2, out, fast_double_backward);
+  return torch::relu(out + (downsample ? run_sequential(*downsample, x, fast_double_backward) : x));
 }
 
 ResNet18Impl::ResNet18Impl(ResNet18Options options_) : options(std::move(options_)) { reset(); }
@@ -255,9 +314,11 @@ torch::Tensor ResNet18Impl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNet18: expected input [B, ",
               options.in_channels(), ", H, W], got ", x.sizes());
   for (auto* stage : {&layer1, &layer2, &layer3, &layer4}) {
-    for (auto& block : **stage) block.ptr()->as<BasicBlockImpl>()->im2col_double_backward = options.im2col_double_backward();
+    for (auto& block : **stage) {
+      block.ptr()->as<BasicBlockImpl>()->fast_double_backward = options.fast_double_backward();
+    }
   }
-  auto h = torch::relu(detail::conv_bn(*conv1, *bn1, x, options.im2col_double_backward()));
+  auto h = torch::relu(detail::conv_bn(*conv1, *bn1, x, options.fast_double_backward()));
   h = layer4->forward(layer3->forward(layer2->forward(layer1->forward(h))));
   return h.mean({2, 3});
 }

@@ -162,8 +162,8 @@ torch::Tensor BatchedExperts::all(const torch::Tensor& x) const {
 
 torch::Tensor BatchedExperts::mix(const torch::Tensor& x, const torch::Tensor& weights) const {
   const std::int64_t T = x.size(0), E = size(), H = options_.hidden(), O = options_.output_dim();
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == T && weights.size(1) == E, "BatchedExperts::mix: expected weights [",
-              T, ", ", E, "], got ", weights.sizes());
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == T && weights.size(1) == E,
+              "BatchedExperts::mix: expected weights [", T, ", ", E, "], got ", weights.sizes());
   const auto h = first_shared(x);                                        // [T, E, H]
   const auto g = (h * weights.unsqueeze(-1)).view({T, E * H});           // the weights folded into the activations
   const auto w = w_out_.permute({1, 0, 2}).reshape({O, E * H});          // [O, E*H]: the experts' fc2 side by side

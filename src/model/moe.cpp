@@ -22,7 +22,9 @@ torch::Tensor each_expert(const torch::nn::ModuleList& experts, const torch::Ten
   if (batched) return BatchedExperts(experts).all(x);
   std::vector<torch::Tensor> ys;
   ys.reserve(experts->size());
-  for (std::size_t e = 0; e < experts->size(); ++e) ys.push_back(detail::run_expert(experts, static_cast<std::int64_t>(e), x));
+  for (std::size_t e = 0; e < experts->size(); ++e) {
+    ys.push_back(detail::run_expert(experts, static_cast<std::int64_t>(e), x));
+  }
   return torch::stack(ys, 1);
 }
 

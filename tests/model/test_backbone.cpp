@@ -121,12 +121,13 @@ struct ConvCase {
   std::vector<std::int64_t> kernel, stride, padding, dilation;
   bool bias;
   bool input_grad;  // false: the first layer of a network (images need no gradient)
+  std::int64_t groups = 1;
 };
 
 std::vector<ConvCase> conv_cases() {
-  return {{{3, 3}, {1, 1}, {1, 1}, {1, 1}, true, true},   {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true},
-          {{1, 1}, {2, 2}, {0, 0}, {1, 1}, false, true},  {{3, 2}, {2, 1}, {1, 0}, {2, 1}, true, true},
-          {{3, 3}, {1, 1}, {2, 2}, {1, 1}, true, false}};
+  return {{{3, 3}, {1, 1}, {1, 1}, {1, 1}, true, true},      {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true},
+          {{1, 1}, {2, 2}, {0, 0}, {1, 1}, false, true},     {{3, 2}, {2, 1}, {1, 0}, {2, 1}, true, true},
+          {{3, 3}, {1, 1}, {2, 2}, {1, 1}, true, false},     {{3, 3}, {1, 1}, {1, 1}, {1, 1}, true, true, 2}};
 }
 
 // Largest difference relative to the larger of 1 and the reference's largest magnitude.
@@ -140,8 +141,8 @@ std::vector<torch::Tensor> derivatives(bool twice, const ConvCase& c, const torc
   const auto x = x0.clone().requires_grad_(c.input_grad);
   const auto w = w0.clone().requires_grad_(true);
   const auto b = c.bias ? b0.clone().requires_grad_(true) : torch::Tensor();
-  const auto y = twice ? detail::conv2d_twice_differentiable(x, w, b, c.stride, c.padding, c.dilation)
-                       : at::conv2d(x, w, b, c.stride, c.padding, c.dilation, 1);
+  const auto y = twice ? detail::conv2d_twice_differentiable(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+                       : at::conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups);
   std::vector<torch::Tensor> inputs{w};
   if (c.bias) inputs.push_back(b);
   if (c.input_grad) inputs.push_back(x);
@@ -156,21 +157,23 @@ std::vector<torch::Tensor> derivatives(bool twice, const ConvCase& c, const torc
   return out;
 }
 
-// Against LibTorch's own convolution, float64: the first derivatives come from the same kernels and the second from
-// im2col / products / col2im, so only the order of roundings differs (1e-12 relative).
+// Against LibTorch's own convolution, float64: the first derivatives come from the same kernels and the second
+// from the same kernels with exchanged roles, where LibTorch's own double backward runs transposed convolutions:
+// only the order of roundings differs (1e-12 relative). Strides, padding, dilation, a non-square kernel, no bias,
+// no input gradient, two groups.
 TEST_F(TwiceDifferentiableConvTest, ValuesGradientsAndHvpEqualNativeConvolution) {
   for (const auto& c : conv_cases()) {
     const auto x = torch::randn({3, 2, 9, 8}, torch::kFloat64);
-    const auto w = torch::randn({4, 2, c.kernel[0], c.kernel[1]}, torch::kFloat64);
+    const auto w = torch::randn({4, 2 / c.groups, c.kernel[0], c.kernel[1]}, torch::kFloat64);
     const auto b = torch::randn({4}, torch::kFloat64);
-    const auto y = at::conv2d(x, w, b, c.stride, c.padding, c.dilation, 1);
+    const auto y = at::conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups);
     const auto r = torch::randn_like(y);
     const auto native = derivatives(false, c, x, w, b, r);
     const auto twice = derivatives(true, c, x, w, b, r);
     ASSERT_EQ(native.size(), twice.size());
     for (std::size_t i = 0; i < native.size(); ++i) {
       EXPECT_LT(rel_diff(twice[i], native[i]), 1e-12) << "kernel " << c.kernel[0] << "x" << c.kernel[1] << " stride "
-                                                       << c.stride[0] << " result " << i;
+                                                       << c.stride[0] << " groups " << c.groups << " result " << i;
     }
   }
 }
@@ -200,6 +203,8 @@ TEST_F(TwiceDifferentiableConvTest, RejectsMismatchedShapes) {
                                                    {1, 1}),
                c10::Error);
   EXPECT_THROW(detail::conv2d_twice_differentiable(x, torch::randn({3, 2, 3, 3}), {}, {1}, {1, 1}, {1, 1}), c10::Error);
+  EXPECT_THROW(detail::conv2d_twice_differentiable(x, torch::randn({3, 1, 3, 3}), {}, {1, 1}, {1, 1}, {1, 1}, 2),
+               c10::Error);  // 3 output channels do not split into 2 groups
 }
 
 // Loss value, gradient and a Hessian-vector product over every parameter of a backbone in eval mode.
@@ -218,7 +223,7 @@ std::vector<torch::Tensor> backbone_derivatives(torch::nn::Module& net, const st
 }
 
 // Batch norm statistics and affine parameters away from 0 / 1: a few training-mode passes and a random affine map.
-void settle_batch_norm(torch::nn::Module& net, const torch::Tensor& x, const std::function<torch::Tensor()>& forward) {
+void settle_batch_norm(torch::nn::Module& net, const std::function<torch::Tensor()>& forward) {
   net.train();
   {
     torch::NoGradGuard ng;
@@ -229,22 +234,21 @@ void settle_batch_norm(torch::nn::Module& net, const torch::Tensor& x, const std
       }
     }
   }
-  (void)x;
   net.eval();
 }
 
-// Whole backbones in eval mode: the im2col double backward against LibTorch's native one (the same module with
-// im2col_double_backward off), float64, 1e-12 relative.
+// Whole backbones in eval mode: this double backward against LibTorch's own (the same module with
+// fast_double_backward off), float64, 1e-12 relative.
 TEST_F(TwiceDifferentiableConvTest, EvalModeBackbonesKeepTheirHessianVectorProducts) {
   for (const bool bn : {true, false}) {
     SmallCNN net(SmallCNNOptions(2, {4, 6}).batch_norm(bn));
     net->to(torch::kFloat64);
     const auto x = torch::randn({5, 2, 12, 12}, torch::kFloat64);
     const std::function<torch::Tensor()> fwd = [&] { return net->forward(x); };
-    settle_batch_norm(*net, x, fwd);
-    net->options.im2col_double_backward(false);
+    settle_batch_norm(*net, fwd);
+    net->options.fast_double_backward(false);
     const auto native = backbone_derivatives(*net, fwd);
-    net->options.im2col_double_backward(true);
+    net->options.fast_double_backward(true);
     const auto twice = backbone_derivatives(*net, fwd);
     ASSERT_EQ(native.size(), twice.size());
     for (std::size_t i = 0; i < native.size(); ++i) {
@@ -255,10 +259,10 @@ TEST_F(TwiceDifferentiableConvTest, EvalModeBackbonesKeepTheirHessianVectorProdu
   net->to(torch::kFloat64);
   const auto x = torch::randn({3, 3, 8, 8}, torch::kFloat64);
   const std::function<torch::Tensor()> fwd = [&] { return net->forward(x); };
-  settle_batch_norm(*net, x, fwd);
-  net->options.im2col_double_backward(false);
+  settle_batch_norm(*net, fwd);
+  net->options.fast_double_backward(false);
   const auto native = backbone_derivatives(*net, fwd);
-  net->options.im2col_double_backward(true);
+  net->options.fast_double_backward(true);
   const auto twice = backbone_derivatives(*net, fwd);
   ASSERT_EQ(native.size(), twice.size());
   for (std::size_t i = 0; i < native.size(); ++i) EXPECT_LT(rel_diff(twice[i], native[i]), 1e-12) << "ResNet-18 result " << i;

@@ -11,11 +11,12 @@
 //      (small enough for its exact trace from one HVP per coordinate);
 //   4. before/after on the same weights and data: gradient and HVP times (fresh and kept) and HVP/gradient ratios
 //      with the paths this build replaced (LibTorch's native convolution double backward in eval mode, experts run
-//      one after another) and with the current ones (the im2col double backward, batched experts), one at a time,
-//      and how far the loss, gradient and HVP move between them (relative to the largest entry; target <= 1e-6).
+//      one after another) and with the current ones (the double backward by first-order kernels, batched experts),
+//      one at a time, and how far the loss, gradient and HVP move between them (relative to the largest entry;
+//      target <= 1e-6).
 //
 // Usage: bench_hvp [--run PATH] [--data DIR] [--max-samples 1000] [--batch-size 250] [--train-steps 300] [--budget 60]
-//                  [--trials 20] [--threads N (all cores)] [--device cpu|cuda] [--parts 1234]
+//                  [--trials 20] [--threads N (all cores)] [--device cpu|cuda] [--parts 1234] [--path-reps 3]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -59,6 +60,7 @@ struct Args {
   int threads = 0;
   std::string device = "cpu";
   std::string parts = "1234";  ///< which numbered sections to run
+  std::int64_t path_reps = 3;  ///< interleaved repetitions of section 4
 };
 
 Args parse(int argc, char** argv) {
@@ -82,12 +84,26 @@ Args parse(int argc, char** argv) {
     else if (f == "--threads") a.threads = std::stoi(next());
     else if (f == "--device") a.device = next();
     else if (f == "--parts") a.parts = next();
+    else if (f == "--path-reps") a.path_reps = std::max<std::int64_t>(1, std::stoll(next()));
     else {
       std::fprintf(stderr, "bench_hvp: unknown flag %s\n", f.c_str());
       std::exit(2);
     }
   }
   return a;
+}
+
+// The first three fields of /proc/loadavg ("?" when unreadable): the machine's load while this ran.
+std::string load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (f == nullptr) return "?";
+  double l[3] = {0, 0, 0};
+  const int n = std::fscanf(f, "%lf %lf %lf", &l[0], &l[1], &l[2]);
+  std::fclose(f);
+  if (n != 3) return "?";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", l[0], l[1], l[2]);
+  return buf;
 }
 
 double median(std::vector<double> v) {
@@ -109,65 +125,65 @@ double relative(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 void paths_section(const TaskModel& model, const std::vector<torch::Tensor>& params, const BatchLossFn& loss,
-                   std::int64_t batches, const torch::Tensor& v, std::int64_t amortise,
+                   std::int64_t batches, const torch::Tensor& v, std::int64_t amortise, int path_reps,
                    const std::function<void()>& sync) {
-  const bool has_conv = bench_switch::set_im2col_double_backward(model, true);
+  const bool has_conv = bench_switch::set_fast_double_backward(model, true);
   const bool has_moe = bench_switch::set_batched_experts(model, true) > 0;
   struct Variant {
     std::string name;
-    bool im2col, batched;
+    bool fast_conv, batched;
   };
   const std::string before_name = std::string("before: ") + (has_conv ? "native conv double backward" : "") +
                                   (has_conv && has_moe ? ", " : "") + (has_moe ? "experts one by one" : "");
   std::vector<Variant> variants{{before_name, false, false}};
   if (has_moe && has_conv) variants.push_back({"batched experts only", false, true});
-  if (has_conv && !has_moe) variants.push_back({"after: im2col conv double backward", true, false});
-  if (has_moe) variants.push_back({std::string("after: ") + (has_conv ? "im2col conv double backward, " : "") +
+  if (has_conv && !has_moe) variants.push_back({"after: conv double backward by first-order kernels", true, false});
+  if (has_moe) variants.push_back({std::string("after: ") + (has_conv ? "conv double backward by first-order kernels, " : "") +
                                        "batched experts", true, true});
   if (variants.size() < 2) {
     std::printf("\n4. before/after: the model has neither a CNN backbone nor an MoE head\n");
     return;
   }
-  const int reps = 3;
-  std::vector<PathRun> runs;
-  for (const auto& var : variants) {
-    bench_switch::set_im2col_double_backward(model, var.im2col);
-    bench_switch::set_batched_experts(model, var.batched);
-    PathRun r;
-    r.name = var.name;
-    const HessianOperator fresh(params, loss, batches);
-    r.loss = fresh.loss();
-    r.gradient = fresh.gradient();  // also a warm-up
-    std::vector<double> tg, th;
-    for (int i = 0; i < reps; ++i) {
+  // Repetitions interleave the variants (variant 1, 2, 3, then 1, 2, 3 again, ...) and each time is the minimum
+  // over them, so that the load of a shared machine falls on every variant alike and the ratios come from one run.
+  std::vector<PathRun> runs(variants.size());
+  for (int rep = 0; rep < path_reps; ++rep) {
+    for (std::size_t i = 0; i < variants.size(); ++i) {
+      bench_switch::set_fast_double_backward(model, variants[i].fast_conv);
+      bench_switch::set_batched_experts(model, variants[i].batched);
+      PathRun& r = runs[i];
+      r.name = variants[i].name;
+      const HessianOperator fresh(params, loss, batches);
+      if (rep == 0) {
+        r.loss = fresh.loss();
+        r.gradient = fresh.gradient();  // also a warm-up
+        r.hvp = fresh.hvp(v);
+      }
       sync();
       auto t0 = Clock::now();
       fresh.gradient();
       sync();
-      tg.push_back(seconds_since(t0));
+      r.grad_s = rep == 0 ? seconds_since(t0) : std::min(r.grad_s, seconds_since(t0));
       t0 = Clock::now();
-      const torch::Tensor h = fresh.hvp(v);
+      fresh.hvp(v);
       sync();
-      th.push_back(seconds_since(t0));
-      if (i == 0) r.hvp = h;
+      r.fresh_s = rep == 0 ? seconds_since(t0) : std::min(r.fresh_s, seconds_since(t0));
+      HvpOptions keep;
+      keep.keep_graph = true;
+      const HessianOperator kept(params, loss, batches, keep);  // one kept graph alive at a time
+      sync();
+      t0 = Clock::now();
+      for (std::int64_t k = 0; k < amortise; ++k) kept.hvp(v);
+      sync();
+      const double kept_s = seconds_since(t0) / static_cast<double>(amortise);
+      r.kept_s = rep == 0 ? kept_s : std::min(r.kept_s, kept_s);
     }
-    r.grad_s = median(tg);
-    r.fresh_s = median(th);
-    HvpOptions keep;
-    keep.keep_graph = true;
-    const HessianOperator kept(params, loss, batches, keep);
-    sync();
-    const auto t0 = Clock::now();
-    for (std::int64_t i = 0; i < amortise; ++i) kept.hvp(v);
-    sync();
-    r.kept_s = seconds_since(t0) / static_cast<double>(amortise);
-    runs.push_back(r);
   }
-  bench_switch::set_im2col_double_backward(model, true);
+  bench_switch::set_fast_double_backward(model, true);
   bench_switch::set_batched_experts(model, true);
-  std::printf("\n4. Before/after on the same weights and data (gradient and fresh HVP: median of %d; kept: amortised "
-              "over %lld products)\n",
-              reps, static_cast<long long>(amortise));
+  std::printf("\n4. Before/after on the same weights and data (minimum of %d interleaved repetitions; kept: the "
+              "graphs built by the first product, amortised over %lld products; load average %s)\n",
+              path_reps, static_cast<long long>(amortise), load_average().c_str());
   for (const auto& r : runs) {
     std::printf("   %-62s gradient %.4f s | HVP fresh %.4f s, ratio %.2f | kept %.4f s, ratio %.2f\n", r.name.c_str(),
                 r.grad_s, r.fresh_s, r.fresh_s / r.grad_s, r.kept_s, r.kept_s / r.grad_s);
@@ -385,6 +401,6 @@ int main(int argc, char** argv) {
     std::printf("   through the HVP operator (seed 0): Hutchinson %.6g +- %.2g, Hutch++ %.6g +- %.2g, XTrace %.6g +- %.2g\n",
                 hh.estimate, hh.std_error, hpp.estimate, hpp.std_error, hx.estimate, hx.std_error);
   }
-  if (part4) paths_section(model, params, loss, batches, v, amortise, sync);
+  if (part4) paths_section(model, params, loss, batches, v, amortise, static_cast<int>(a.path_reps), sync);
   return 0;
 }

@@ -2,8 +2,8 @@
 // Benchmarks only: switch a model between its fast paths and the reference paths they replaced, so that one run
 // can print before/after figures on the same weights and data.
 //   batched experts (model/moe.hpp, batched_experts) vs one module call per expert;
-//   eval-mode convolutions with the im2col double backward (model/backbone.hpp, im2col_double_backward) vs
-//   LibTorch's native convolution double backward.
+//   eval-mode convolutions whose double backward is made of first-order kernels (model/backbone.hpp,
+//   fast_double_backward) vs LibTorch's native convolution double backward.
 #include <memory>
 
 #include "moescope/model/backbone.hpp"
@@ -32,17 +32,17 @@ inline int set_batched_experts(const TaskModel& model, bool batched) {
   return n;
 }
 
-/// Sets im2col_double_backward on a classifier's CNN or ResNet-18 backbone; false when the model has neither.
-inline bool set_im2col_double_backward(const TaskModel& model, bool on) {
+/// Sets fast_double_backward on a classifier's CNN or ResNet-18 backbone; false when the model has neither.
+inline bool set_fast_double_backward(const TaskModel& model, bool on) {
   auto* c = dynamic_cast<ClassifierImpl*>(&model.module());
   if (c == nullptr) return false;
   const auto m = c->backbone.ptr();
   if (auto cnn = std::dynamic_pointer_cast<SmallCNNImpl>(m)) {
-    cnn->options.im2col_double_backward(on);
+    cnn->options.fast_double_backward(on);
     return true;
   }
   if (auto resnet = std::dynamic_pointer_cast<ResNet18Impl>(m)) {
-    resnet->options.im2col_double_backward(on);
+    resnet->options.fast_double_backward(on);
     return true;
   }
   return false;

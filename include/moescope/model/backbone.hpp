@@ -17,21 +17,25 @@ namespace detail {
 /// function (to float rounding), with the same parameters; its double backward (every Hessian-vector product
 /// through a CNN) has no elementwise pass over the activations for batch norm, where native batch norm's eval-mode
 /// double backward runs the training-mode formula over the whole activation tensor.
-/// In eval mode the folded convolution runs as conv2d_twice_differentiable unless `im2col_double_backward` is false
+/// In eval mode the folded convolution runs as conv2d_twice_differentiable unless `fast_double_backward` is false
 /// (then LibTorch's conv2d, whose double backward is the native one).
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
-                      bool im2col_double_backward = true);
+                      bool fast_double_backward = true);
 
-/// conv2d(x, weight, bias) with zero padding and one group, as an autograd function whose value and first
-/// derivatives are the native ones (LibTorch's convolution and convolution_backward kernels, bit for bit), but whose
-/// backward, when it is itself recorded for differentiation (create_graph: a Hessian-vector product follows), is
-/// written as im2col, two matrix products and col2im: then the second derivatives are matrix products and
-/// im2col/col2im again, where the native double backward runs transposed and dilated convolutions through
-/// LibTorch 1.13's slow CPU kernels (slow_conv_transpose2d). x [B, C, H, W], weight [O, C, kh, kw], bias [O] or
-/// undefined; stride, padding and dilation have two entries. Throws c10::Error on mismatched shapes.
-torch::Tensor conv2d_twice_differentiable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                                          std::vector<std::int64_t> stride, std::vector<std::int64_t> padding,
-                                          std::vector<std::int64_t> dilation);
+/// conv2d(x, weight, bias) with zero padding, as an autograd function whose value and first derivatives are the
+/// native ones (LibTorch's convolution and convolution_backward kernels, bit for bit), and whose backward, when it
+/// is itself recorded for differentiation (create_graph: a Hessian-vector product follows), is made of two autograd
+/// functions, the input gradient conv^T(g; W) and the weight gradient, each bilinear, whose derivatives are
+/// first-order kernels again: a forward convolution and one of convolution_backward's two gradients, with the roles
+/// of input, weight and output gradient exchanged. LibTorch 1.13's own double backward instead runs a transposed
+/// convolution (slow_conv_transpose2d on CPU) and a convolution over the batch with the output as its kernel. Only
+/// the tensors a first-order backward keeps are kept (no im2col buffers). x [B, C, H, W], weight
+/// [O, C / groups, kh, kw], bias [O] or undefined; stride, padding and dilation have two entries. Throws c10::Error
+/// on mismatched shapes.
+torch::Tensor conv2d_twice_differentiable(const torch::Tensor& x, const torch::Tensor& weight,
+                                          const torch::Tensor& bias, std::vector<std::int64_t> stride,
+                                          std::vector<std::int64_t> padding, std::vector<std::int64_t> dilation,
+                                          std::int64_t groups = 1);
 }  // namespace detail
 
 /// Flatten -> (Linear -> activation -> dropout?) per hidden width. Parameters layers.<i>.weight.
@@ -65,9 +69,10 @@ struct SmallCNNOptions {
   TORCH_ARG(std::vector<std::int64_t>, channels);
   TORCH_ARG(bool, batch_norm) = true;
   /// In eval mode, run the convolutions as detail::conv2d_twice_differentiable: the same values and gradients, and
-  /// Hessian-vector products without LibTorch's slow convolution double backward. false: the native convolution
-  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules.
-  TORCH_ARG(bool, im2col_double_backward) = true;
+  /// Hessian-vector products without LibTorch's slow convolution double backward. false: LibTorch's convolution
+  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules (one
+  /// backward per step, whose kernels are the same either way; batch norm on batch statistics is not folded).
+  TORCH_ARG(bool, fast_double_backward) = true;
 };
 
 class SmallCNNImpl : public torch::nn::Cloneable<SmallCNNImpl> {
@@ -91,8 +96,8 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
   torch::Tensor forward(const torch::Tensor& x);
 
   std::int64_t in_planes, planes, stride;
-  /// As ResNet18Options::im2col_double_backward (ResNet18's forward sets it from its options).
-  bool im2col_double_backward = true;
+  /// As ResNet18Options::fast_double_backward (ResNet18's forward sets it from its options).
+  bool fast_double_backward = true;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};
@@ -107,9 +112,10 @@ struct ResNet18Options {
   /// Channels of layer1 (doubled per stage): 64 is the standard network; smaller values make tests fast.
   TORCH_ARG(std::int64_t, width) = 64;
   /// In eval mode, run the convolutions as detail::conv2d_twice_differentiable: the same values and gradients, and
-  /// Hessian-vector products without LibTorch's slow convolution double backward. false: the native convolution
-  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules.
-  TORCH_ARG(bool, im2col_double_backward) = true;
+  /// Hessian-vector products without LibTorch's slow convolution double backward. false: LibTorch's convolution
+  /// throughout (the reference for tests and benchmarks). Training mode always runs the native modules (one
+  /// backward per step, whose kernels are the same either way; batch norm on batch statistics is not folded).
+  TORCH_ARG(bool, fast_double_backward) = true;
 };
 
 class ResNet18Impl : public torch::nn::Cloneable<ResNet18Impl> {
