@@ -283,6 +283,41 @@ TEST_F(BatchedExpertsTest, HessianVectorProductsEqualEachExpert) {
   }
 }
 
+TEST_F(BatchedExpertsTest, Float32HessianVectorProductsEqualEachExpert) {
+  // Regression: in float32 LibTorch 1.13's GELU on the batched [E, N, H] activations had a wrong second derivative
+  // (a landscape along an expert's top eigenvector reported lambda ~ 1e18). Grouped rows (the top-k path) and the
+  // mixture, batch sizes 5..8 (the failure changed with them). Float32 HVP entries are sums of O(100) terms of
+  // size O(10): agreement to 1e-4 relative to the largest entry is rounding; the failure was off by 100%.
+  const FFNOptions o = FFNOptions(6, 8).out_dim(3).activation(Activation::GELU);
+  for (const std::int64_t n : {5, 6, 7, 8}) {
+    const auto experts = make_experts(o, 4);
+    const auto x = torch::randn({4 * n, 6});
+    const auto target = torch::randn({4 * n, 3});
+    const auto params = params_of(experts);
+    std::vector<torch::Tensor> v;
+    for (const auto& p : params) v.push_back(torch::randn_like(p));
+    const auto hvp = [&](const torch::Tensor& out) {
+      const auto g = torch::autograd::grad({(out - target).pow(2).sum()}, params, {}, true, true);
+      torch::Tensor gv = torch::zeros({});
+      for (std::size_t i = 0; i < g.size(); ++i) gv = gv + (g[i] * v[i]).sum();
+      return torch::autograd::grad({gv}, params);
+    };
+    // Expert e on rows [e n, (e + 1) n): grouped() pads them into one [4, n, 6] batch.
+    const auto tokens = torch::arange(4 * n, torch::kLong);
+    const std::vector<std::int64_t> counts(4, n);
+    ASSERT_TRUE(BatchedExperts::grouped_uses_padding(counts));
+    const auto grouped = hvp(BatchedExperts(experts).grouped(x, tokens, counts));
+    std::vector<torch::Tensor> pieces;
+    for (std::int64_t e = 0; e < 4; ++e) pieces.push_back(detail::run_expert(experts, e, x.narrow(0, e * n, n)));
+    const auto reference = hvp(torch::cat(pieces, 0));
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const double scale = reference[i].abs().max().item<double>();
+      ASSERT_TRUE(std::isfinite(scale));
+      EXPECT_LE(max_abs_diff(grouped[i], reference[i]), 1e-4 * scale + 1e-6) << "n " << n << " param #" << i;
+    }
+  }
+}
+
 // |W2| (|W1| |x| + |b1|) + |b2| per token and expert [T, E, O], in float64: the magnitude that float32 rounding
 // errors of a ReLU MLP expert scale with.
 torch::Tensor rounding_scale(const torch::nn::ModuleList& experts, const torch::Tensor& x) {
