@@ -41,10 +41,10 @@ void run(LandscapeArgs& a, const Context& ctx) {
   if (r.resume && !std::filesystem::exists(r.journal)) spdlog::info("landscape: no {} to resume; starting", r.journal);
   start_torch_work(ctx);
   r.progress = progress_renderer(ctx);
-  RunLoadOptions lo;
-  lo.dtype = parse_hf_dtype(a.dtype, "--dtype");
-  lo.trainable = r.params;
-  LoadedRun loaded = with_flags("--params " + r.params, [&] { return load_run(a.run, lo); });
+  RunLoadOptions load_options;
+  load_options.dtype = parse_hf_dtype(a.dtype, "--dtype");
+  load_options.trainable = r.params;
+  LoadedRun loaded = with_flags("--params " + r.params, [&] { return load_run(a.run, load_options); });
   print_notes(loaded.notes);
   if (loaded.is_hf() && !a.batch_given) r.eval.batch_size = hf_default_batch_size(r.eval.data, r.eval.context);
   const Provenance prov = make_provenance(ctx, loaded.weights_file(), static_cast<std::int64_t>(r.seed));

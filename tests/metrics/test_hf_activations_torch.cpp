@@ -48,13 +48,13 @@ std::vector<std::int64_t> write_ids(const TempDir& dir, std::int64_t n, std::int
   return ids;
 }
 
-double dot(const torch::Tensor& a, const torch::Tensor& b) {
+double dot64(const torch::Tensor& a, const torch::Tensor& b) {
   double s = 0;
   auto pa = a.contiguous(), pb = b.contiguous();
   for (std::int64_t i = 0; i < pa.numel(); ++i) s += pa.data_ptr<double>()[i] * pb.data_ptr<double>()[i];
   return s;
 }
-double cosine(const torch::Tensor& a, const torch::Tensor& b) { return dot(a, b) / std::sqrt(dot(a, a) * dot(b, b)); }
+double cosine64(const torch::Tensor& a, const torch::Tensor& b) { return dot64(a, b) / std::sqrt(dot64(a, a) * dot64(b, b)); }
 
 // The statistics of one layer computed directly from the trace of one forward pass over all windows.
 struct Direct {
@@ -83,12 +83,12 @@ Direct direct(HFCausalLM& m, const HFMoETrace& t, std::int64_t tokens) {
     std::vector<bool> in(E, false);
     for (std::int64_t s = 0; s < k; ++s) in[t.topk_experts[i][s].item<std::int64_t>()] = true;
     for (std::int64_t a = 0; a < E; ++a) {
-      d.mean_norm[a] += std::sqrt(dot(y[a], y[a])) / tokens;
+      d.mean_norm[a] += std::sqrt(dot64(y[a], y[a])) / tokens;
       const double p = t.router_probs[i][a].item<double>();
       d.importance[a] += p / tokens;
       d.entropy -= p * std::log(p) / tokens;
       for (std::int64_t b = 0; b < E; ++b) {
-        const double c = cosine(y[a], y[b]);
+        const double c = cosine64(y[a], y[b]);
         d.overlap(a, b) += c / tokens;
         if (a != b) d.mso += c * c, d.mean_overlap += c, pairs += 1;
         if (a != b && in[a] && in[b]) rsum(a, b) += c, rcnt(a, b) += 1, d.routed_mean += c, rpairs += 1;
@@ -102,9 +102,9 @@ Direct direct(HFCausalLM& m, const HFMoETrace& t, std::int64_t tokens) {
       auto mix = torch::zeros_like(sh);
       for (std::int64_t s = 0; s < k; ++s)
         mix += t.topk_weights[i][s].item<double>() * y[t.topk_experts[i][s].item<std::int64_t>()];
-      for (std::int64_t e = 0; e < E; ++e) d.shared_overlap[e] += cosine(sh, y[e]) / tokens;
-      d.shared_mixture += cosine(sh, mix) / tokens;
-      d.shared_norm += std::sqrt(dot(sh, sh)) / tokens;
+      for (std::int64_t e = 0; e < E; ++e) d.shared_overlap[e] += cosine64(sh, y[e]) / tokens;
+      d.shared_mixture += cosine64(sh, mix) / tokens;
+      d.shared_norm += std::sqrt(dot64(sh, sh)) / tokens;
       d.shared_gate += gate.defined() ? gate[0][0].item<double>() / tokens : std::nan("");
     }
   }
