@@ -7,6 +7,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -137,6 +140,44 @@ TEST(HFRunsCliInterpolation, TheFarEndIsTheOtherModel) {
                     "--max-samples", "3", "-o", dir.file("x.h5")});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(testing::line_count(r.err), 1) << r.err;
+}
+
+// --dtype converts the weights once: activations say the dtype they ran in; the Hessian's loss in float64 and in its
+// float32 default agree to float32 rounding; --tokens gives the ids directly; an unknown dtype is refused.
+TEST(HFRunsCliDtype, ActivationsAndHessianInTheRequestedDtype) {
+  TempDir dir;
+  const std::string model = synth(dir, "olmoe", "model", "5");  // float32 weights
+  const std::string text = "text:" + write_corpus(dir);
+  for (const auto& [flag, name] : std::vector<std::pair<std::string, std::string>>{{"bf16", "BFloat16"},
+                                                                                   {"f64", "Double"}}) {
+    const std::string out = dir.file("a_" + flag + ".h5");
+    const auto r = run_moescope({"--threads", "1", "activations", model, "--data", text, "--context", "16",
+                                 "--max-tokens", "48", "--dtype", flag, "-o", out});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ReportReader a(out);
+    EXPECT_NE(std::get<std::string>(a.attr("/activations", "description")).find(name), std::string::npos) << flag;
+  }
+  std::string ids;
+  for (int i = 0; i < 400; ++i) ids += std::to_string((i * 37 + 11) % 200) + (i % 20 == 19 ? "\n" : " ");
+  testing::write_text(dir.file("ids.txt"), ids);
+  double losses[2] = {0, 0};
+  int i = 0;
+  for (const std::string flag : {"f32", "f64"}) {
+    const std::string out = dir.file("h_" + flag + ".h5");
+    std::vector<std::string> args{"--threads", "1", "hessian", model, "--tokens", dir.file("ids.txt"), "--context",
+                                  "16", "--max-samples", "3", "--params", "expert:1.0", "--top-k", "1", "-o", out};
+    if (flag == "f64") args.insert(args.end() - 2, {"--dtype", "f64"});
+    const auto r = run_moescope(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    losses[i++] = ReportReader(out).read_scalar("/hessian/train/loss");
+  }
+  // float32 forward of float32 weights against the same weights widened to float64: relative rounding ~1e-6
+  EXPECT_NEAR(losses[0], losses[1], 1e-5 * losses[1]);
+  const auto r = run_moescope({"hessian", model, "--tokens", dir.file("ids.txt"), "--dtype", "f16", "-o",
+                               dir.file("x.h5")});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(testing::line_count(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("--dtype"), std::string::npos) << r.err;
 }
 
 // Each bad input is one line naming the file (and the field), exit 2.
