@@ -7,11 +7,17 @@ C++ forward in float32 and bfloat16 against it (tests/model/test_hf.cpp).
 
 Usage: hf_eager_reference.py MODEL_DIR IDS OUT
   IDS: comma-separated token ids of one sequence; OUT: the logits [S, V] as little-endian float32.
+       hf_eager_reference.py --time MODEL_DIR [--threads N] [--batch B] [--seq S] [--repeat R] [--seed X]
+  Times the forward pass of B random sequences of S tokens (after one warm-up pass) with N intra-op threads and
+  prints one JSON line: {"tokens", "seconds" (each pass), "tokens_per_s" (best pass), "threads", "dtype",
+  "load_seconds"}; tools/bench/bench_hf compares moescope's forward with it.
 """
 import json
 import math
+import mmap
 import struct
 import sys
+import time
 
 import numpy as np
 import torch
@@ -19,8 +25,9 @@ import torch.nn.functional as F
 
 
 def read_safetensors(path):
+    # mapped, and each tensor copied out once: memory is the weights once, however large the file
     with open(path, "rb") as f:
-        data = f.read()
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     base = 8 + n
@@ -29,7 +36,7 @@ def read_safetensors(path):
         if name == "__metadata__":
             continue
         a, b = e["data_offsets"]
-        raw = data[base + a : base + b]
+        raw = memoryview(data)[base + a : base + b]
         shape = e["shape"]
         if e["dtype"] == "F32":
             t = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy())
@@ -69,18 +76,20 @@ def linear(x, w, b=None):
     return F.linear(x, w, b)
 
 
-def main():
-    folder, ids_arg, out_path = sys.argv[1:4]
+def load(folder):
     cfg = json.load(open(f"{folder}/config.json"))
-    W = read_safetensors(f"{folder}/model.safetensors")
+    return cfg, read_safetensors(f"{folder}/model.safetensors")
+
+
+def forward(cfg, W, ids):
+    """Logits [B, S, V] of token ids [B, S]."""
     arch = cfg["architectures"][0]
     dtype = W["model.embed_tokens.weight"].dtype
     H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or nh
     hd = cfg.get("head_dim") or H // nh
     eps = cfg["rms_norm_eps"]
-    ids = torch.tensor([[int(t) for t in ids_arg.split(",")]])
-    S = ids.shape[1]
+    B, S = ids.shape
 
     # rotary tables (LlamaRotaryEmbedding / default rope init)
     base = cfg["rope_theta"]
@@ -118,9 +127,9 @@ def main():
                 q.clamp_(min=-c, max=c)
                 k.clamp_(min=-c, max=c)
                 v.clamp_(min=-c, max=c)
-        q = q.view(1, S, -1, hd)
-        k = k.view(1, S, -1, hd)
-        v = v.view(1, S, -1, hd)
+        q = q.view(B, S, -1, hd)
+        k = k.view(B, S, -1, hd)
+        v = v.view(B, S, -1, hd)
         if arch == "Qwen3MoeForCausalLM":
             q = rms_norm(q, W[a + "q_norm.weight"], eps)
             k = rms_norm(k, W[a + "k_norm.weight"], eps)
@@ -130,7 +139,7 @@ def main():
         k, v = repeat_kv(k, nh // kv), repeat_kv(v, nh // kv)
         scores = torch.matmul(q, k.transpose(2, 3)) * hd**-0.5 + mask
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        att = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(1, S, -1)
+        att = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(B, S, -1)
         h = residual + linear(att, W[a + "o_proj.weight"], W.get(a + "o_proj.bias"))
 
         residual = h
@@ -163,14 +172,58 @@ def main():
             shared = mlp(m + "shared_expert.", ("gate_proj", "up_proj", "down_proj"), flat)
             shared = torch.sigmoid(linear(flat, W[m + "shared_expert_gate.weight"])) * shared
             final = final + shared
-        h = residual + final.view(1, S, H)
+        h = residual + final.view(B, S, H)
 
     h = rms_norm(h, W["model.norm.weight"], eps)
     head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
-    logits = linear(h, head)[0]
+    return linear(h, head)
+
+
+def main():
+    folder, ids_arg, out_path = sys.argv[1:4]
+    cfg, W = load(folder)
+    ids = torch.tensor([[int(t) for t in ids_arg.split(",")]])
+    logits = forward(cfg, W, ids)[0]
     logits.to(torch.float32).numpy().astype("<f4").tofile(out_path)
 
 
+def time_forward(argv):
+    opts = {"--threads": 1, "--batch": 1, "--seq": 128, "--repeat": 3, "--seed": 0}
+    folder = None
+    i = 0
+    while i < len(argv):
+        if argv[i] in opts:
+            opts[argv[i]] = int(argv[i + 1])
+            i += 2
+        elif folder is None:
+            folder = argv[i]
+            i += 1
+        else:
+            raise SystemExit(f"hf_eager_reference.py --time: unexpected argument {argv[i]!r}")
+    if folder is None:
+        raise SystemExit("hf_eager_reference.py --time MODEL_DIR [--threads N] [--batch B] [--seq S] [--repeat R]")
+    torch.set_num_threads(opts["--threads"])
+    t0 = time.perf_counter()
+    cfg, W = load(folder)
+    load_seconds = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(opts["--seed"])
+    ids = torch.randint(0, cfg["vocab_size"], (opts["--batch"], opts["--seq"]), generator=g)
+    seconds = []
+    with torch.no_grad():
+        forward(cfg, W, ids)  # warm-up
+        for _ in range(opts["--repeat"]):
+            t = time.perf_counter()
+            forward(cfg, W, ids)
+            seconds.append(time.perf_counter() - t)
+    tokens = ids.numel()
+    print(json.dumps({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / min(seconds),
+                      "threads": torch.get_num_threads(), "dtype": str(W["model.embed_tokens.weight"].dtype),
+                      "load_seconds": load_seconds}))
+
+
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--time":
+        time_forward(sys.argv[2:])
+    else:
+        torch.set_num_threads(1)
+        main()

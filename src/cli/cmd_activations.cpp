@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "torch_common.hpp"
+#include "moescope/io/hf_folder.hpp"
 #include "moescope/metrics/activations_torch.hpp"
 
 namespace moescope::cli {
@@ -17,7 +18,8 @@ namespace {
 
 struct ActivationsArgs {
   EvalSpec eval;
-  std::string layers, probe, output;
+  std::string layers, probe, output, dtype = "keep";
+  bool batch_given = false;
   ActivationsRequest request;
 };
 
@@ -27,11 +29,19 @@ void run(ActivationsArgs& a, const Context& ctx) {
   r.data = a.eval.data;
   r.split = a.eval.splits.front();
   r.options.batch_size = a.eval.batch_size;
+  r.context = a.eval.context;
+  r.dtype = parse_hf_dtype(a.dtype, "--dtype");
   r.random_probe = a.probe == "random";
   r.expert_pattern_source = "--expert-pattern";
   if (!a.layers.empty()) r.layers = parse_index_list(a.layers, "--layers");
   if (r.random_probe && !r.activations_file.empty()) throw InputError("give --activations or --probe, not both");
-  if (!Run::is_run(r.checkpoint)) {
+  const bool hf = !Run::is_run(r.checkpoint) && is_hf_model_folder(r.checkpoint);
+  if (hf && r.activations_file.empty() && !r.random_probe) {
+    if (r.data.empty())
+      throw InputError(r.checkpoint + ": a Hugging Face model folder holds no data: give --data text:PATH (encoded by "
+                       "its tokenizer.json) or --tokens FILE (or --activations FILE / --probe random)");
+    if (!a.batch_given) r.options.batch_size = hf_default_batch_size(r.data, r.context);
+  } else if (!Run::is_run(r.checkpoint)) {
     if (!r.data.empty())
       throw InputError(r.checkpoint + ": --data needs one of moescope's runs; for other checkpoints give --activations "
                        "FILE or --probe random");
@@ -51,6 +61,14 @@ void run(ActivationsArgs& a, const Context& ctx) {
     std::cout << fmt::format("{:<18} {:>7} {:>9} {:>12.5f} {:>10.5f} {:>12.5f} {:>10.4f} {:>9.4f}\n", l.key, l.experts,
                              l.overlap.tokens, l.overlap.mean_overlap, l.overlap.mso, l.overlap.routed_mean_overlap,
                              l.routing.router_entropy, l.routing.dropped_fraction);
+  for (const auto& s : result.shared) {
+    double mean = 0;
+    for (double v : s.overlap) mean += v / static_cast<double>(s.overlap.size());
+    std::cout << fmt::format("{:<18} shared expert ({}): mean cosine with the routed experts {:.5f}, with their mixture "
+                             "{:.5f}; mean norm {:.4g}{}\n",
+                             s.key, s.kind, mean, s.mixture_overlap, s.mean_norm,
+                             s.kind == "gated" ? fmt::format(", mean gate {:.4f}", s.mean_gate) : std::string());
+  }
   if (result.comparison) print_space_comparison(result.overlaps, *result.comparison);
   ReportWriter w(a.output);
   w.write_provenance(make_provenance(ctx, result.weights_file, static_cast<std::int64_t>(r.options.seed)));
@@ -66,7 +84,8 @@ void add_activations(CLI::App& app, Context& ctx) {
   ActivationsRequest& r = a->request;
   auto* sub = app.add_subcommand("activations", torch_command_description("activations"));
   sub->add_option("checkpoint", r.checkpoint,
-                  "A moescope run (runs/NAME or a step folder), or any checkpoint the readers support")
+                  "A moescope run (runs/NAME or a step folder), a Hugging Face model folder (config.json, safetensors, "
+                  "tokenizer.json), or any checkpoint the readers support")
       ->required();
   sub->add_option("-o,--output", a->output, "Report to write (HDF5)")->required();
   add_eval_options(sub, a->eval, EvalFlags{/*one_split=*/true, /*no_max_samples=*/true});
@@ -85,8 +104,14 @@ void add_activations(CLI::App& app, Context& ctx) {
   sub->add_option("--matrices", r.geometry_options.roles, "With --geometry: expert matrices to concatenate (gate,up,down)")
       ->delimiter(',');
   sub->add_option("--expert-pattern", r.expert_pattern, "Regex for unknown layouts (as in geometry)");
+  sub->add_option("--dtype", a->dtype,
+                  "Hugging Face folders: weights' dtype keep (default: the checkpoint's), f32, f64 or bf16")
+      ->check(CLI::IsMember({"keep", "f32", "f64", "bf16"}));
   add_hash_option(sub, ctx);
-  sub->callback([a, &ctx] { run(*a, ctx); });
+  sub->callback([a, sub, &ctx] {
+    a->batch_given = sub->count("--batch-size") > 0;
+    run(*a, ctx);
+  });
 }
 
 }  // namespace moescope::cli

@@ -15,9 +15,15 @@ namespace moescope::cli {
 namespace {
 
 struct HessianArgs {
-  std::string run, output, which = "LA";
+  std::string run, output, which = "LA", dtype = "f32";
+  bool batch_given = false;
   HessianRequest request;
 };
+
+// The parameters a Hugging Face model must make trainable for --params: each-expert studies every routed expert.
+std::string trainable_for(const std::string& params) {
+  return params == "each-expert" ? std::string(R"(re:\.experts\.[0-9]+\.)") : params;
+}
 
 void run(HessianArgs& a, const Context& ctx) {
   HessianRequest& r = a.request;
@@ -40,8 +46,12 @@ void run(HessianArgs& a, const Context& ctx) {
     throw InputError("--device cuda: CUDA is not available (this LibTorch has no CUDA support or no GPU is visible)");
   start_torch_work(ctx);
   r.progress = progress_renderer(ctx);
-  LoadedRun loaded = load_run(a.run);
+  RunLoadOptions lo;
+  lo.dtype = parse_hf_dtype(a.dtype, "--dtype");
+  lo.trainable = trainable_for(r.params);
+  LoadedRun loaded = with_flags("--params " + r.params, [&] { return load_run(a.run, lo); });
   print_notes(loaded.notes);
+  if (loaded.is_hf() && !a.batch_given) r.eval.batch_size = hf_default_batch_size(r.eval.data, r.eval.context);
   const std::string flags = fmt::format("--solver {} --top-k {} --trace {} --probes {}", r.eigen.solver, r.eigen.k,
                                         r.trace.empty() ? "none" : r.trace, r.probes);
   const HessianAnalysis result = with_flags(flags, [&] { return analyse_hessian(loaded, r); });
@@ -75,7 +85,8 @@ void add_hessian(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<HessianArgs>();
   HessianRequest& r = a->request;
   auto* sub = app.add_subcommand("hessian", torch_command_description("hessian"));
-  sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors")->required();
+  sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors, or a Hugging Face model folder")
+      ->required();
   sub->add_option("-o,--output", a->output, "Report to write (HDF5)")->required();
   add_eval_options(sub, r.eval);
   add_params_option(sub, r.params, ", or each-expert (one group per expert)");
@@ -103,8 +114,15 @@ void add_hessian(CLI::App& app, Context& ctx) {
   sub->add_option("--world-size", r.distributed.world_size, "Data-parallel processes (c10d Gloo; default 1)");
   sub->add_option("--rank", r.distributed.rank, "This process's rank in [0, world-size); rank 0 writes the report");
   sub->add_option("--init", r.distributed.init, "Rendezvous: tcp://HOST:PORT (rank 0 listens) or file://PATH (fresh file)");
+  sub->add_option("--dtype", a->dtype,
+                  "Hugging Face folders: weights' dtype f32 (default), f64, bf16 or keep (the checkpoint's). float32 by "
+                  "default: bfloat16's 8-bit mantissa leaves Hessian-vector products too coarse for 1e-6 residuals")
+      ->check(CLI::IsMember({"keep", "f32", "f64", "bf16"}));
   add_hash_option(sub, ctx);
-  sub->callback([a, &ctx] { run(*a, ctx); });
+  sub->callback([a, sub, &ctx] {
+    a->batch_given = sub->count("--batch-size") > 0;
+    run(*a, ctx);
+  });
 }
 
 }  // namespace moescope::cli

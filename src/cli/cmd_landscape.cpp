@@ -17,7 +17,8 @@ namespace moescope::cli {
 namespace {
 
 struct LandscapeArgs {
-  std::string run, output, x, y, ignore = "biasbn", format = "moescope";
+  std::string run, output, x, y, ignore = "biasbn", format = "moescope", dtype = "keep";
+  bool batch_given = false;
   LandscapeRequest request;
 };
 
@@ -31,16 +32,21 @@ void run(LandscapeArgs& a, const Context& ctx) {
   for (double radius : r.sharpness)
     if (!std::isfinite(radius) || radius <= 0) throw InputError(fmt::format("--sharpness: radius {} must be positive", radius));
   const bool kind = r.dirs == "random" || r.dirs == "filter" || r.dirs == "layer" || r.dirs == "eigen";
-  if (!kind && !Run::is_run(r.dirs) && !std::filesystem::is_regular_file(r.dirs))
-    throw InputError("--dirs " + r.dirs + ": expected random, filter, layer, eigen, a run folder or a directions .h5 file");
+  if (!kind && !is_loadable_run(r.dirs) && !std::filesystem::is_regular_file(r.dirs))
+    throw InputError("--dirs " + r.dirs + ": expected random, filter, layer, eigen, a run folder (or Hugging Face model "
+                     "folder) or a directions .h5 file");
   r.journal = a.output + ".partial";
   if (!r.resume && std::filesystem::exists(r.journal))
     fail_input(r.journal, "holds the points of an unfinished run: add --resume to continue it, or delete it to start over");
   if (r.resume && !std::filesystem::exists(r.journal)) spdlog::info("landscape: no {} to resume; starting", r.journal);
   start_torch_work(ctx);
   r.progress = progress_renderer(ctx);
-  LoadedRun loaded = load_run(a.run);
+  RunLoadOptions load_options;
+  load_options.dtype = parse_hf_dtype(a.dtype, "--dtype");
+  load_options.trainable = r.params;
+  LoadedRun loaded = with_flags("--params " + r.params, [&] { return load_run(a.run, load_options); });
   print_notes(loaded.notes);
+  if (loaded.is_hf() && !a.batch_given) r.eval.batch_size = hf_default_batch_size(r.eval.data, r.eval.context);
   const Provenance prov = make_provenance(ctx, loaded.weights_file(), static_cast<std::int64_t>(r.seed));
   const LandscapeAnalysis result = with_flags("--dirs " + r.dirs, [&] { return compute_landscape(loaded, r, prov); });
   if (!r.save_dirs.empty()) spdlog::info("landscape: wrote directions to {}", r.save_dirs);
@@ -84,7 +90,8 @@ void add_landscape(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<LandscapeArgs>();
   LandscapeRequest& r = a->request;
   auto* sub = app.add_subcommand("landscape", torch_command_description("landscape"));
-  sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors")->required();
+  sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors, or a Hugging Face model folder")
+      ->required();
   sub->add_option("-o,--output", a->output, "Report to write (HDF5)")->required();
   sub->add_option("--dirs", r.dirs,
                   "random (Gaussian), filter, layer (normalised Gaussian), eigen (top Hessian eigenvectors, found as "
@@ -108,7 +115,13 @@ void add_landscape(CLI::App& app, Context& ctx) {
   sub->add_option("--sharpness-dirs", r.sharpness_dirs, "Random filter-normalised directions for --sharpness (default 10)");
   sub->add_option("--eigen-tol", r.eigen.tol, "--dirs eigen: relative tolerance (default 1e-6, as hessian)");
   sub->add_option("--eigen-max-steps", r.eigen.max_steps, "--dirs eigen: Lanczos steps (default 300, as hessian)");
-  sub->callback([a, &ctx] { run(*a, ctx); });
+  sub->add_option("--dtype", a->dtype,
+                  "Hugging Face folders: weights' dtype keep (default: the checkpoint's), f32, f64 or bf16")
+      ->check(CLI::IsMember({"keep", "f32", "f64", "bf16"}));
+  sub->callback([a, sub, &ctx] {
+    a->batch_given = sub->count("--batch-size") > 0;
+    run(*a, ctx);
+  });
 }
 
 }  // namespace moescope::cli

@@ -79,7 +79,16 @@ std::vector<int> parse_index_list(const std::string& spec, const std::string& fl
 // ---------------------------------------------------------------------------------------------- option groups
 
 void add_eval_options(CLI::App* sub, EvalSpec& eval, EvalFlags flags) {
-  sub->add_option("--data", eval.data, "Data of a run: NAME, NAME:PATH or a DataSpec .json (default: the run's own)");
+  auto* data = sub->add_option("--data", eval.data,
+                               "Data of a run: NAME, NAME:PATH or a DataSpec .json (default: the run's own); a Hugging "
+                               "Face model folder: text:PATH (a text file or folder, encoded by its tokenizer.json)");
+  sub->add_option_function<std::string>(
+         "--tokens", [&eval](const std::string& file) { eval.data = "tokens:" + file; },
+         "Token ids (whitespace-separated text, .npy or .safetensors) as the data, for an LM or a Hugging Face model "
+         "folder (same as --data tokens:FILE)")
+      ->excludes(data);
+  sub->add_option("--context", eval.context,
+                  "Text data: tokens per sequence (default: the data's; Hugging Face folders 128)");
   if (flags.one_split) {
     eval.splits.resize(1);
     sub->add_option("--split", eval.splits.front(), "Split of a run's data: train (default), valid or test");
@@ -114,6 +123,7 @@ void validate_eval(const EvalSpec& eval) {
   if (eval.max_samples < 0)
     throw InputError("--max-samples: must be >= 0 (0 = the whole split), got " + std::to_string(eval.max_samples));
   if (eval.batch_size < 1) throw InputError("--batch-size: must be at least 1, got " + std::to_string(eval.batch_size));
+  if (eval.context < 0) throw InputError("--context: must be at least 1, got " + std::to_string(eval.context));
 }
 
 void print_notes(const std::vector<std::string>& notes) {

@@ -5,6 +5,7 @@
 
 #include "moescope/data/image.hpp"
 #include "moescope/data/split.hpp"
+#include "moescope/data/token_dataset_torch.hpp"
 #include "moescope/util/error.hpp"
 
 namespace moescope {
@@ -143,6 +144,7 @@ Dataset load_dataset(const DataSpec& spec) {
   if (spec.is_image()) return load_images(spec);
   if (spec.name == "clustered") return load_clustered(spec);
   if (spec.is_text()) return load_text(spec);
+  if (spec.is_tokens()) return load_token_dataset(spec, {});  // no tokenizer: text needs the model's (model/task.hpp)
   throw InputError("data config: unknown data set '" + spec.name + "'");
 }
 

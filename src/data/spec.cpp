@@ -48,10 +48,10 @@ void from_json(const nlohmann::json& j, DataSpec& s) {
     json_fields::read(*it, cw, "noise", c.noise);
   }
   static const char* const kNames[] = {"fashion-mnist", "cifar10", "clustered", "text-word", "text-byte",
-                                       "text-char"};
+                                       "text-char", "text", "tokens"};
   if (std::find(std::begin(kNames), std::end(kNames), s.name) == std::end(kNames)) {
     throw InputError(what + ": field 'name': unknown data set '" + s.name +
-                     "' (fashion-mnist, cifar10, clustered, text-word, text-byte, text-char)");
+                     "' (fashion-mnist, cifar10, clustered, text-word, text-byte, text-char, text, tokens)");
   }
   if (!(s.valid_fraction >= 0.0 && s.valid_fraction < 1.0)) {
     throw InputError(what + ": field 'valid_fraction' must be in [0, 1), got " + std::to_string(s.valid_fraction));

@@ -103,9 +103,9 @@ LandscapeAnalysis compute_landscape(LoadedRun& run, const LandscapeRequest& r, c
     er.seed = r.seed;
     if (!er.progress) er.progress = r.progress;
     a.dirs = eigen_dirs(model, params, data.splits[0], data.names[0], r.eval.batch_size, er, a);
-  } else if (Run::is_run(r.dirs)) {
+  } else if (is_loadable_run(r.dirs)) {
     a.dirs_kind = "interpolation";
-    const LoadedRun other = load_run(r.dirs);
+    const LoadedRun other = load_run(r.dirs, run.options);
     if (other.model.config() != model.config())
       fail_input(r.dirs, "the model differs from " + run.weights_file() + "'s (its config.json \"model\")");
     a.dirs.push_back(difference_direction(params, select_parameters(other.model.module(), r.params), r.dirs));

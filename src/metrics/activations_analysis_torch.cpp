@@ -7,8 +7,10 @@
 #include <map>
 
 #include "moescope/io/checkpoint.hpp"
+#include "moescope/io/hf_folder.hpp"
 #include "moescope/io/safetensors.hpp"
 #include "moescope/metrics/activations_torch.hpp"
+#include "moescope/metrics/hf_activations_torch.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/json.hpp"
 
@@ -125,12 +127,20 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
     throw InputError(r.activations_file + ": give recorded activations or the random probe, not both");
   ActivationsAnalysis a;
   const bool own = Run::is_run(r.checkpoint);
+  // A Hugging Face model folder runs on data unless recorded inputs or the random probe are asked for.
+  const bool hf = !own && is_hf_model_folder(r.checkpoint) && r.activations_file.empty() && !r.random_probe;
   std::optional<LoadedRun> run;
   a.weights_file = r.checkpoint;
   if (own) {
     run = load_run(r.checkpoint);
     a.weights_file = run->weights_file();
     a.notes = run->notes;
+  } else if (hf) {
+    RunLoadOptions lo;
+    lo.dtype = r.dtype;
+    lo.trainable = "";  // no gradients
+    run = load_run(r.checkpoint, lo);
+    a.weights_file = run->weights_file();
   }
   const auto src = open_checkpoint(a.weights_file);
   LayoutOptions lo;
@@ -173,10 +183,32 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
         if (wanted(r.layers, l.layer)) kept.push_back(std::move(l));
       a.result.layers = std::move(kept);
     }
+  } else if (hf) {
+    EvalSpec es;
+    es.data = r.data;
+    es.splits = {r.split};
+    es.max_samples = 0;  // hf_activations stops at max_tokens
+    es.batch_size = std::max<std::int64_t>(1, r.options.batch_size);
+    es.context = r.context;
+    const EvalData data = load_eval_data(*run, es);
+    a.meta.split = r.split;
+    a.meta.data = nlohmann::json(data.spec).dump();
+    std::vector<HFLayerKey> keys;
+    for (const HFLayerKey& k : hf_layer_keys(run->model.hf(), layout)) {
+      if (!wanted(r.layers, static_cast<int>(k.layer))) continue;
+      keys.push_back(k);
+      a.meta.expert_function[k.key] = "swiglu";
+      for (const auto& l : layout.layers)
+        if (l.key == k.key) layout_of[k.key] = &l;
+    }
+    HFActivations h = hf_activations(run->model, data.splits.front(), keys, r.options);
+    a.result = std::move(h.result);
+    a.shared = std::move(h.shared);
+    for (const auto& [key, k] : h.top_k) a.meta.top_k[key] = k;
   } else {
     if (!r.data.empty())
-      throw InputError(r.checkpoint + ": data needs one of moescope's runs; for other checkpoints give recorded "
-                       "activations or the random probe");
+      throw InputError(r.checkpoint + ": data needs one of moescope's runs or a Hugging Face model folder; for other "
+                       "checkpoints give recorded activations or the random probe");
     if (!recorded && !r.random_probe)
       throw InputError(r.checkpoint + ": not one of moescope's runs: give recorded activations (layer inputs) or the "
                        "random probe");
@@ -221,6 +253,7 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
 
 void write_activations_analysis(ReportWriter& w, const ActivationsAnalysis& a) {
   write_activations(w, a.result, a.meta);
+  write_shared_experts(w, a.shared);
   if (a.geometry) write_geometry(w, *a.geometry);
   if (a.comparison) write_space_comparison(w, a.overlaps, *a.comparison, a.weights_file, "this report");
 }

@@ -2,8 +2,11 @@
 #include "moescope/model/task.hpp"
 
 #include <cmath>
+#include <filesystem>
 #include <set>
 
+#include "moescope/data/token_dataset_torch.hpp"
+#include "moescope/io/hf_folder.hpp"
 #include "moescope/io/weights_torch.hpp"
 #include "moescope/model/classifier.hpp"
 #include "moescope/model/lm.hpp"
@@ -52,10 +55,23 @@ TaskModel TaskModel::create(const nlohmann::json& config) {
   } else if (type == "lm") {
     LMOptions o;
     from_json(config, o);
-    m.is_lm_ = true;
+    m.kind_ = Kind::LM;
     m.module_ = build([&] { return TransformerLM(o).ptr(); });
   }
   return m;
+}
+
+TaskModel TaskModel::from_hf(HFCausalLM model) {
+  if (!model) throw std::invalid_argument("TaskModel::from_hf: no model");
+  TaskModel m;
+  m.kind_ = Kind::HF;
+  m.module_ = model.ptr();
+  return m;
+}
+
+HFCausalLMImpl& TaskModel::hf() const {
+  if (kind_ != Kind::HF) throw std::logic_error("TaskModel::hf: not a Hugging Face model");
+  return dynamic_cast<HFCausalLMImpl&>(*module_);
 }
 
 namespace {
@@ -67,7 +83,14 @@ TransformerLMImpl& as_lm(const std::shared_ptr<torch::nn::Module>& m) { return d
 
 nlohmann::json TaskModel::config() const {
   nlohmann::json j;
-  if (is_lm_) {
+  if (kind_ == Kind::HF) {
+    const HFConfig& c = hf().config();
+    nlohmann::json tensors = nlohmann::json::object();
+    for (const auto& t : hf_tensor_specs(c)) tensors[t.name] = t.shape;
+    return {{"type", "hf"}, {"architecture", c.architecture}, {"model_type", c.model_type},
+            {"vocab_size", c.vocab_size}, {"tensors", tensors}};
+  }
+  if (kind_ == Kind::LM) {
     to_json(j, as_lm(module_).options);
   } else {
     to_json(j, as_classifier(module_).options);
@@ -77,7 +100,20 @@ nlohmann::json TaskModel::config() const {
 
 TaskForward TaskModel::forward(const torch::Tensor& inputs) const {
   TaskForward f;
-  if (is_lm_) {
+  if (kind_ == Kind::HF) {
+    HFForwardOptions o;
+    o.moe_trace = true;
+    HFOutput out = hf().forward_with(inputs, o);
+    f.logits = out.logits;
+    for (HFMoETrace& t : out.moe) {
+      RoutingInfo r;
+      r.logits = std::move(t.router_logits);
+      r.probs = std::move(t.router_probs);
+      r.topk_indices = std::move(t.topk_experts);
+      r.topk_weights = std::move(t.topk_weights);
+      f.routing.push_back(std::move(r));
+    }
+  } else if (kind_ == Kind::LM) {
     LMOutput out = as_lm(module_).forward_with_routing(inputs);
     f.logits = out.logits;
     f.routing = std::move(out.routing);
@@ -90,14 +126,24 @@ TaskForward TaskModel::forward(const torch::Tensor& inputs) const {
 }
 
 BatchResult TaskModel::batch_loss(const torch::Tensor& inputs, const torch::Tensor& targets) const {
-  TaskForward f = forward(inputs);
+  TaskForward f;
+  if (kind_ == Kind::HF) {
+    if (!targets.defined() || targets.sizes() != inputs.sizes())
+      throw std::invalid_argument("TaskModel::batch_loss: targets must have the inputs' shape [B, S]");
+    f.logits = hf().forward(inputs);
+    // transformers' loss widens bfloat16 / float16 logits to float32 first
+    if (f.logits.scalar_type() != torch::kDouble && f.logits.scalar_type() != torch::kFloat)
+      f.logits = f.logits.to(torch::kFloat);
+  } else {
+    f = forward(inputs);
+  }
   const auto logits = f.logits.reshape({-1, f.logits.size(-1)});
   const auto y = targets.reshape({-1});
   BatchResult r;
   r.loss = torch::nn::functional::cross_entropy(logits, y);
   {
     torch::NoGradGuard ng;
-    r.correct = logits.argmax(1).eq(y).sum().item<std::int64_t>();
+    r.correct = logits.argmax(1).eq(y.to(logits.device())).sum().item<std::int64_t>();
   }
   r.count = y.size(0);
   r.routing = std::move(f.routing);
@@ -106,7 +152,8 @@ BatchResult TaskModel::batch_loss(const torch::Tensor& inputs, const torch::Tens
 
 std::vector<MoELayerRef> TaskModel::moe_layers() const {
   std::vector<MoELayerRef> out;
-  if (is_lm_) {
+  if (kind_ == Kind::HF) return out;
+  if (kind_ == Kind::LM) {
     auto& lm = as_lm(module_);
     for (const std::int64_t b : lm.moe_blocks()) {
       SparseMoE layer = lm.moe_layer(b);
@@ -158,7 +205,40 @@ EvalResult evaluate(const TaskModel& model, const TensorSplit& split, std::int64
   return e;
 }
 
-LoadedRun load_run(const std::string& path) {
+DataSpec hf_default_data() {
+  DataSpec d;
+  d.name = "text";
+  d.context = 128;
+  return d;
+}
+
+std::int64_t hf_default_batch_size(const std::string& data_arg, std::int64_t context) {
+  const std::int64_t c = context > 0 ? context : parse_data_arg(data_arg, hf_default_data(), "--data").context;
+  return std::max<std::int64_t>(1, 1024 / std::max<std::int64_t>(1, c));
+}
+
+bool is_loadable_run(const std::string& path) { return Run::is_run(path) || is_hf_model_folder(path); }
+
+namespace {
+
+LoadedRun load_hf_run(const std::string& path, const RunLoadOptions& options) {
+  HFLoadOptions o;
+  o.dtype = options.dtype;
+  o.trainable = options.trainable;
+  HFCausalLM m = load_hf_model(hf_model_folder(path), o);
+  m->eval();
+  LoadedRun r;
+  r.model = TaskModel::from_hf(m);
+  r.data = hf_default_data();
+  r.hf_folder = hf_model_folder(path);
+  r.options = options;
+  return r;
+}
+
+}  // namespace
+
+LoadedRun load_run(const std::string& path, const RunLoadOptions& options) {
+  if (!Run::is_run(path) && is_hf_model_folder(path)) return load_hf_run(path, options);
   Run run = Run::open(path);
   const std::string& cfg = run.config_file();
   nlohmann::json model_config = run.model_config();
@@ -190,15 +270,49 @@ LoadedRun load_run(const std::string& path) {
       notes.empty() ? std::set<std::string>{} : std::set<std::string>{"input_mean", "input_std"};
   load_module_weights(model.module(), run.weights_file(), optional);
   model.module().eval();
-  return LoadedRun{std::move(run), std::move(model), std::move(data), std::move(notes)};
+  LoadedRun loaded{std::move(run), std::move(model), std::move(data), std::move(notes), "", options};
+  return loaded;
 }
 
 EvalData load_eval_data(const LoadedRun& run, const EvalSpec& spec) {
   if (spec.max_samples < 0) invalid_argument("load_eval_data", "max_samples must be >= 0 (0: all), got " + std::to_string(spec.max_samples));
   if (spec.batch_size < 1) invalid_argument("load_eval_data", "batch_size must be >= 1, got " + std::to_string(spec.batch_size));
   if (spec.splits.empty()) invalid_argument("load_eval_data", "no split named");
+  if (spec.context < 0) invalid_argument("load_eval_data", "context must be >= 0 (0: the data's), got " + std::to_string(spec.context));
   EvalData e;
   e.spec = parse_data_arg(spec.data, run.data, "data");
+  if (spec.context > 0) {
+    if (!e.spec.is_text() && !e.spec.is_tokens())
+      throw InputError("context: " + e.spec.name + " is not text: sequences have no length to set");
+    e.spec.context = spec.context;
+  }
+  if (run.is_hf()) {
+    const HFConfig& c = run.model.hf().config();
+    if (!e.spec.is_tokens())
+      throw InputError("data " + (spec.data.empty() ? e.spec.name : spec.data) + ": " + run.hf_folder +
+                       " is a Hugging Face model: give text:PATH (encoded by its tokenizer.json) or token ids "
+                       "(tokens:FILE, --tokens FILE)");
+    if (e.spec.path.empty())
+      fail_input(run.hf_folder, "a Hugging Face model folder holds no data: give --data text:PATH (a text file or "
+                                "folder, encoded by its tokenizer.json) or --tokens FILE");
+    std::error_code ec;
+    const std::string tok = run.hf_folder + "/tokenizer.json";
+    TokenDataContext ctx;
+    ctx.tokenizer = std::filesystem::is_regular_file(tok, ec) ? tok : "";
+    ctx.vocab_size = c.vocab_size;
+    ctx.vocab_source = c.file;
+    e.data = load_token_dataset(e.spec, ctx);
+    for (const std::string& name : spec.splits) {
+      const TensorSplit s = e.data.split(name, "split").head(spec.max_samples);
+      if (s.size() == 0)
+        fail_input(e.spec.path, "the " + name + " split holds no sequence of " + std::to_string(e.spec.context) +
+                                    " tokens (train: the first 90% of the ids, valid: the next 5%, test: the last "
+                                    "5%; lower --context or give more text)");
+      e.names.push_back(name);
+      e.splits.push_back(s);
+    }
+    return e;
+  }
   e.data = load_dataset(e.spec);
   const nlohmann::json m = run.model.config();
   const std::string source = spec.data.empty() ? run.run.config_file() : spec.data;

@@ -16,7 +16,9 @@ struct DataSpec {
   /// "fashion-mnist" (IDX files, default path kFashionMnistDir), "cifar10" (binary batches in `path`),
   /// "clustered" (the synthetic clustered task), "text-word" (WikiText/PTB: path holds
   /// {wiki.,}{train,valid,test}.tokens or ptb.{train,valid,test}.txt as read_word_corpus reads them),
-  /// "text-byte" / "text-char" (a text file or a folder of text files, split contiguously).
+  /// "text-byte" / "text-char" (a text file or a folder of text files, split contiguously),
+  /// "text" (a text file or folder encoded by a model's tokenizer.json) and "tokens" (a token-id file): the data of
+  /// models with their own tokenizer (data/token_dataset_torch.hpp; "text" needs the model to read it).
   std::string name = "fashion-mnist";
   /// Empty: the name's default (fashion-mnist only).
   std::string path;
@@ -34,6 +36,8 @@ struct DataSpec {
 
   bool is_image() const { return name == "fashion-mnist" || name == "cifar10"; }
   bool is_text() const { return name == "text-word" || name == "text-byte" || name == "text-char"; }
+  /// "text" or "tokens": ids for a model's own vocabulary.
+  bool is_tokens() const { return name == "text" || name == "tokens"; }
 };
 void to_json(nlohmann::json& j, const DataSpec& s);
 /// Missing keys keep their defaults; unknown keys, wrong types or values out of range throw InputError naming the
@@ -55,6 +59,7 @@ struct EvalSpec {
   std::vector<std::string> splits{"train"};  ///< "train", "valid", "test"
   std::int64_t max_samples = 1000;           ///< the first N samples of each split (0: all)
   std::int64_t batch_size = 256;             ///< samples per forward pass: memory only, results do not depend on it
+  std::int64_t context = 0;                  ///< text data: tokens per sequence (0: the data spec's own)
 };
 
 }  // namespace moescope

@@ -32,6 +32,7 @@
 #include "moescope/io/tensor.hpp"
 #include "moescope/metrics/activations.hpp"
 #include "moescope/metrics/geometry.hpp"
+#include "moescope/metrics/shared_experts.hpp"
 #include "moescope/model/task.hpp"
 #include "moescope/util/progress.hpp"
 
@@ -143,11 +144,16 @@ std::string random_description(const ActivationsOptions& opts);
 /// The banks on standard Gaussian inputs of each layer's width (opts.seed; the same stream for every layer).
 ActivationsResult random_activations(const std::vector<ExpertBank>& banks, const ActivationsOptions& opts);
 
-/// The whole `activations` analysis of a checkpoint: moescope's own runs run on data (or a recorded file, or the
-/// random probe); any other checkpoint's experts run on recorded inputs or the random probe.
+/// The whole `activations` analysis of a checkpoint: moescope's own runs and Hugging Face model folders run on data
+/// (or a recorded file, or the random probe; a folder: metrics/hf_activations_torch.hpp); any other checkpoint's
+/// experts run on recorded inputs or the random probe.
 struct ActivationsRequest {
-  std::string checkpoint;        ///< a run (Run::is_run) or any checkpoint open_checkpoint reads
-  std::string data;              ///< own runs: "" = the run's data, else as parse_data_arg reads it
+  std::string checkpoint;        ///< a run (Run::is_run), a Hugging Face model folder, or any checkpoint
+  /// Own runs: "" = the run's data, else as parse_data_arg reads it. Hugging Face folders: "text:PATH" or
+  /// "tokens:FILE" (required unless recorded inputs or the random probe are given).
+  std::string data;
+  std::int64_t context = 0;      ///< text data: tokens per sequence (0: the data's; Hugging Face folders 128)
+  HFDType dtype = HFDType::Keep; ///< Hugging Face folders: the dtype the model computes in
   std::string split = "train";
   std::string activations_file;  ///< recorded layer inputs ("" none)
   bool random_probe = false;
@@ -167,12 +173,14 @@ struct ActivationsAnalysis {
   std::optional<CheckpointGeometry> geometry;
   std::vector<LayerOverlaps> overlaps;       ///< with geometry: per layer, weight and activation overlaps
   std::optional<SpaceComparison> comparison;
+  std::vector<SharedExpertActivations> shared;  ///< Hugging Face folders on data: shared experts, reported apart
   std::vector<std::string> notes;            ///< things to tell the user (skipped layers, legacy runs)
 };
 /// Throws InputError naming the checkpoint or file for what does not fit (no MoE layers, a layer without experts,
 /// --data on a checkpoint that cannot run, both or neither input source for a foreign checkpoint).
 ActivationsAnalysis analyse_activations(const ActivationsRequest& request);
-/// /activations, and with geometry /geometry and /compare_spaces (weight source: the checkpoint).
+/// /activations (with /activations/<key>/shared_expert for shared experts), and with geometry /geometry and
+/// /compare_spaces (weight source: the checkpoint).
 void write_activations_analysis(ReportWriter& w, const ActivationsAnalysis& a);
 
 }  // namespace moescope
