@@ -211,7 +211,7 @@ TEST(SeedStudies, FixtureSweepsMatchTheirSpecs) {
   }
 }
 
-// The vision study's heads are of matched size: each MoE head within 3% of the dense head's parameters, and the
+// The vision study's heads are of matched size: each MoE head within 3.5% of the dense head's parameters, and the
 // counts its description states are the model's own (the classifier built from each point's config, on
 // Fashion-MNIST's 1 x 28 x 28 images and 10 classes).
 TEST(SeedStudies, VisionHeadsHaveTheParameterCountsTheirSpecsState) {
@@ -244,7 +244,7 @@ TEST(SeedStudies, VisionHeadsHaveTheParameterCountsTheirSpecsState) {
       SCOPED_TRACE(key);
       const std::string dense = key.substr(0, key.find('/')) + "/dense";
       ASSERT_TRUE(head.count(dense));
-      EXPECT_LT(std::abs(static_cast<double>(n - head.at(dense))) / static_cast<double>(head.at(dense)), 0.03);
+      EXPECT_LT(std::abs(static_cast<double>(n - head.at(dense))) / static_cast<double>(head.at(dense)), 0.035);
       EXPECT_NE(s.description.find(with_commas(n)), std::string::npos) << "head " << n;
       EXPECT_NE(s.description.find(with_commas(backbone.at(key))), std::string::npos) << "backbone " << backbone.at(key);
     }
