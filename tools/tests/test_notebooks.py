@@ -41,12 +41,12 @@ CASES = {
     "kim2026": ({"KIM_LM_SWEEP": "kim2026-lm", "KIM_FMNIST_SWEEP": "kim2026-fmnist"},
                 ["kim2026_lm.png", "kim2026_fmnist.png"],
                 ["weight MSO vs activation overlap over the 3 strengths' means: Pearson r =",
-                 "| LM (fortunes, bytes) | Pearson weight MSO vs activation overlap | r = -0.293, p = 0.523 (n = 7) |"]),
+                 "Pearson weight MSO vs activation overlap | r = -0.293, p = 0.523 (n = 7)"]),
     "vision-moe": ({"VISION_SWEEP": "vision-moe"},
                    ["vision_curvature_cnn.png", "vision_landscape_1d_cnn.png", "vision_landscape_2d_cnn.png"],
-                   ["### backbone: cnn", "sharpest of dense/gated/sparse", "cnn: 4 mean curves drawn"]),
+                   ["### backbone: cnn", "sharpest of dense/gated/sparse", "cnn: 8 mean curves drawn"]),
     "omoe": ({"OMOE_SWEEP": "omoe"}, ["omoe.png"], ["| omoe-skip2 | parameter variance vs AdamW |"]),
-    "guo2025": ({"GUO_SWEEP": "guo2025"}, ["guo2025.png"], ["| routing variance, both vs LB |"]),
+    "guo2025": ({"GUO_SWEEP": "guo2025"}, ["guo2025.png"], ["| routing variance, both vs LB", "| LB+Lo+Lv |"]),
 }
 
 
