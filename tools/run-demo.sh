@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the embedded default data: installs what is missing, builds moescope, trains a small sparse
 # MoE on Fashion-MNIST (Debian's dataset-fashion-mnist), analyses the trained run against its initialisation
-# and writes reports and figures under out/demo/.
+# and writes reports and figures under out/demo/; then runs two seed studies at their small size (data/studies/):
+# the MoE heads in vision (vision-moe.small) and geometric regularisation on Fashion-MNIST (kim2026-fmnist.small),
+# each into out/studies/<spec>/ with its summary.md (our numbers next to the paper's) and figures.
+# MOESCOPE_DEMO_STUDIES=0 skips the studies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh build moescope  # only what the job runs (moescope and moescope-torch)
@@ -31,3 +34,12 @@ final="$run/step_$last"
 "$bin" plot "$out/landscape.h5" -o "$out/figures"
 "$bin" plot "$out/hessian.h5" -o "$out/figures"
 echo "run: $run   reports: $out/*.h5   figures: $out/figures/"
+# 7. The seed studies at their small size (a restart skips the points already done).
+if [ "${MOESCOPE_DEMO_STUDIES:-1}" != 0 ]; then
+  summaries=()
+  for study in vision-moe.small kim2026-fmnist.small; do
+    "$bin" --threads 2 sweep "data/studies/$study.json" -o "out/studies/$study" --jobs 2
+    summaries+=("out/studies/$study/summary.md")
+  done
+  echo "studies: ${summaries[*]}   (notebooks/*.ipynb draw the papers' figures from out/studies/*/sweep.h5)"
+fi

@@ -194,13 +194,20 @@ void RoutingAccumulator::add_impl(const T* probs, const std::int64_t* chosen, co
   if ((chosen || dropped) && k < 1) throw std::invalid_argument("routing statistics: choices need k >= 1");
   for (std::int64_t t = 0; t < tokens; ++t) {
     if (probs) {
-      double h = 0;
+      double h = 0, s = 0, ss = 0;
       for (int e = 0; e < E_; ++e) {
         const double p = static_cast<double>(probs[t * E_ + e]);
         prob_sum_[static_cast<std::size_t>(e)] += p;
         if (p > 0) h -= p * std::log(p);
+        s += p;
+      }
+      const double mean = s / E_;
+      for (int e = 0; e < E_; ++e) {
+        const double d = static_cast<double>(probs[t * E_ + e]) - mean;
+        ss += d * d;
       }
       entropy_sum_ += h;
+      variance_sum_ += E_ > 1 ? ss / (E_ - 1) : kNaN;
     }
     if (chosen) {
       for (std::int64_t s = 0; s < k; ++s) {
@@ -233,6 +240,7 @@ RoutingStats RoutingAccumulator::result() const {
     r.importance[u] = ratio(prob_sum_[u], static_cast<double>(prob_tokens_));
   }
   r.router_entropy = ratio(entropy_sum_, static_cast<double>(prob_tokens_));
+  r.routing_variance = ratio(variance_sum_, static_cast<double>(prob_tokens_));
   return r;
 }
 
@@ -318,7 +326,8 @@ constexpr const char* kActivationsDefinition =
     "(arXiv:2601.00457); routed_* = over tokens routed to both i and j (kept top-k choices; argmax for dense "
     "mixtures), pooled over (token, pair); source_overlap row i = tokens routed to i; load = fraction of router "
     "assignments before capacity drops; importance = mean router probability; router_entropy = mean per-token "
-    "entropy in nats; dropped_fraction = dropped / all assignments";
+    "entropy in nats; routing_variance = mean per-token unbiased variance of the router probabilities over experts "
+    "(Guo et al. 2025's v); dropped_fraction = dropped / all assignments";
 
 template <class Map, class V>
 V value_or(const Map& m, const std::string& key, V fallback) {
@@ -361,6 +370,7 @@ void write_activations(ReportWriter& w, const ActivationsResult& res, const Acti
     w.write(base + "/load", r.load, {E});
     w.write(base + "/importance", r.importance, {E});
     w.write_scalar(base + "/router_entropy", r.router_entropy);
+    w.write_scalar(base + "/routing_variance", r.routing_variance);
     w.write_scalar(base + "/dropped_fraction", r.dropped_fraction);
     w.write_int(base + "/tokens", {o.tokens}, {});
     w.set_attr(base, "layer", std::int64_t{l.layer});

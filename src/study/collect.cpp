@@ -66,7 +66,7 @@ void read_report(const std::string& file, const std::string& command, std::map<s
     m["param_variance_normalized"] = mean_of(pvn);
   }
   if (command == "activations") {
-    std::vector<double> ov, mso, routed, ent, load_cv, imp_cv, dropped;
+    std::vector<double> ov, mso, routed, ent, rvar, load_cv, imp_cv, dropped;
     for (const auto& key : r.list("/activations")) {
       const std::string b = "/activations/" + key;
       if (!r.exists(b + "/mean_overlap")) continue;
@@ -74,6 +74,7 @@ void read_report(const std::string& file, const std::string& command, std::map<s
       mso.push_back(r.read_scalar(b + "/mso"));
       routed.push_back(r.read_scalar(b + "/routed_mean_overlap"));
       ent.push_back(r.read_scalar(b + "/router_entropy"));
+      if (r.exists(b + "/routing_variance")) rvar.push_back(r.read_scalar(b + "/routing_variance"));
       load_cv.push_back(cv_of(r.read(b + "/load")));
       imp_cv.push_back(cv_of(r.read(b + "/importance")));
       dropped.push_back(r.read_scalar(b + "/dropped_fraction"));
@@ -82,6 +83,7 @@ void read_report(const std::string& file, const std::string& command, std::map<s
     m["activation_mso"] = mean_of(mso);
     m["routed_overlap"] = mean_of(routed);
     m["routing_entropy"] = mean_of(ent);
+    m["routing_variance"] = mean_of(rvar);
     m["load_cv"] = mean_of(load_cv);
     m["importance_cv"] = mean_of(imp_cv);
     m["dropped_fraction"] = mean_of(dropped);
@@ -129,6 +131,13 @@ void read_report(const std::string& file, const std::string& command, std::map<s
 
 }  // namespace
 
+bool is_timing_column(const std::string& name) {
+  const auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with("_ms_per_sample") || ends_with("_ms");
+}
+
 std::string number_text(double v) {
   if (std::isnan(v)) return "nan";
   if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) return std::to_string(static_cast<long long>(v));
@@ -148,6 +157,10 @@ std::map<std::string, double> point_metrics(const PlannedPoint& p, const SweepSp
     out["test_loss"] = last_of(r, "/train/test_loss");
     out["test_acc"] = last_of(r, "/train/test_acc");
     out["test_ppl"] = last_of(r, "/train/test_perplexity");
+    out["test_ms_per_sample"] = last_of(r, "/train/test_ms_per_sample");
+    out["train_acc"] = last_of(r, "/train/train_eval_acc");
+    out["train_eval_loss"] = last_of(r, "/train/train_eval_loss");
+    out["train_ppl"] = last_of(r, "/train/train_eval_perplexity");
     out["steps"] = last_of(r, "/train/step") + 1;
     if (sources)
       for (const auto& [k, v] : out) (*sources)[k] = "run/log.h5";

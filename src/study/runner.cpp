@@ -50,6 +50,7 @@ SweepPlan plan_sweep(const SweepSpec& spec, const std::string& dir, const SweepO
     train.argv.push_back("--resume");
     pp.steps.push_back(train);
     for (const AnalysisSpec& a : spec.analyses) {
+      if (!analysis_applies(a, spec, p)) continue;
       SweepStep s{a.name, head, pp.dir + "/" + a.name + ".h5"};
       s.argv.push_back(a.command);
       s.argv.push_back(run);

@@ -40,7 +40,7 @@ std::string flag_value(const nlohmann::ordered_json& v) {
 std::vector<std::string> AnalysisSpec::arguments() const {
   std::vector<std::string> out;
   for (const auto& [key, value] : flags.items()) {
-    if (key == "command") continue;
+    if (key == "command" || key == "when") continue;
     if (value.is_boolean()) {
       if (value.get<bool>()) out.push_back("--" + key);
       continue;
@@ -67,11 +67,11 @@ nlohmann::json unordered(const nlohmann::ordered_json& j) { return nlohmann::jso
 SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& file) {
   auto bad = [&](const std::string& key, const std::string& what) -> void { fail_input(file, key + ": " + what); };
   if (!j.is_object()) fail_input(file, "a sweep spec is a JSON object");
-  static const std::set<std::string> kKeys = {"name", "description", "base", "axes", "strength", "analyses",
+  static const std::set<std::string> kKeys = {"name", "description", "base", "axes", "strength", "with", "analyses",
                                               "summary", "threads"};
   for (const auto& item : j.items())
     if (kKeys.count(item.key()) == 0)
-      bad(item.key(), "unknown key (name, description, base, axes, strength, analyses, summary, threads)");
+      bad(item.key(), "unknown key (name, description, base, axes, strength, with, analyses, summary, threads)");
   SweepSpec s;
   s.file = file;
   s.json = unordered(j);
@@ -115,6 +115,8 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
       a.values.push_back(v);
     }
     if (key == "name" || key == "out_dir") bad(where, "the sweep sets this key itself");
+    static const std::set<std::string> kTopLevel = {"seed", "model", "data", "train"};
+    a.label = key.find('.') == std::string::npos && kTopLevel.count(key) == 0;
     s.axes.push_back(std::move(a));
   }
 
@@ -132,6 +134,39 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
       }
   }
 
+  if (const auto w = j.find("with"); w != j.end()) {
+    if (!w->is_object()) bad("with", "an object {\"AXIS KEY\": {\"AXIS VALUE\": {\"KEY\": value, ...}}}");
+    for (const auto& [axis_key, by_value] : w->items()) {
+      const std::string where = "with." + axis_key;
+      const auto axis = std::find_if(s.axes.begin(), s.axes.end(), [&](const SweepAxis& a) { return a.key == axis_key; });
+      if (axis == s.axes.end()) bad(where, "'" + axis_key + "' is not an axis");
+      if (!by_value.is_object()) bad(where, "an object {\"AXIS VALUE\": {\"KEY\": value, ...}}");
+      auto& out = s.with[axis_key];
+      for (const auto& [value, settings] : by_value.items()) {
+        const std::string at = where + "." + value;
+        if (std::none_of(axis->values.begin(), axis->values.end(),
+                         [&](const nlohmann::json& v) { return axis_value_text(v) == value; }))
+          bad(at, "'" + value + "' is not a value of the axis");
+        if (!settings.is_object() || settings.empty()) bad(at, "an object {\"KEY\": value, ...} of run-config keys");
+        for (const auto& [key, v] : settings.items()) {
+          if (key == "name" || key == "out_dir") bad(at + "." + key, "the sweep sets this key itself");
+          if (std::any_of(s.axes.begin(), s.axes.end(), [&](const SweepAxis& a) { return a.key == key; }))
+            bad(at + "." + key, "is an axis: an axis value cannot also be set with another");
+          if (v.is_null()) bad(at + "." + key, "a value is a number, string, boolean, list or object");
+        }
+        out[value] = unordered(settings);
+      }
+    }
+  }
+  for (const SweepAxis& a : s.axes) {
+    if (!a.label) continue;
+    const auto w = s.with.find(a.key);
+    for (const auto& v : a.values)
+      if (w == s.with.end() || w->second.count(axis_value_text(v)) == 0)
+        bad("axes." + a.key, "'" + a.key + "' is no run-config key, so it is a label axis, and its value '" +
+                                 axis_value_text(v) + "' needs settings in with." + a.key);
+  }
+
   if (const auto an = j.find("analyses"); an != j.end()) {
     if (!an->is_object()) bad("analyses", "an object {\"NAME\": {flags}}");
     for (const auto& [name, flags] : an->items()) {
@@ -144,8 +179,24 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
         bad(where, "unknown command '" + a.command + "' (geometry, activations, hessian, landscape; or give \"command\")");
       if (name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != std::string::npos)
         bad(where, "names are letters, digits, '_' and '-' (the report is NAME.h5)");
+      if (const auto w = flags.find("when"); w != flags.end()) {
+        if (!w->is_object() || w->empty()) bad(where + ".when", "an object {\"AXIS KEY\": [values], ...}");
+        for (const auto& [axis_key, values] : w->items()) {
+          const std::string at = where + ".when." + axis_key;
+          const auto axis =
+              std::find_if(s.axes.begin(), s.axes.end(), [&](const SweepAxis& x) { return x.key == axis_key; });
+          if (axis == s.axes.end()) bad(at, "'" + axis_key + "' is not an axis");
+          if (!values.is_array() || values.empty()) bad(at, "a non-empty list of the axis's values");
+          for (const auto& ov : values) {
+            const nlohmann::json v = unordered(ov);
+            if (std::find(axis->values.begin(), axis->values.end(), v) == axis->values.end())
+              bad(at, "value " + v.dump() + " is not a value of the axis");
+            a.when[axis_key].push_back(v);
+          }
+        }
+      }
       for (const auto& [flag, value] : flags.items()) {
-        if (flag == "command") continue;
+        if (flag == "command" || flag == "when") continue;
         if (flag == "o" || flag == "output") bad(where + "." + flag, "the sweep names the report itself");
         if (value.is_object() || value.is_null()) bad(where + "." + flag, "a flag's value is a number, string, boolean or list");
       }
@@ -212,7 +263,18 @@ void collect_keys(const nlohmann::json& j, const std::string& prefix, std::vecto
 }  // namespace
 
 void check_axes_against(const SweepSpec& spec, const nlohmann::json& resolved) {
+  for (const auto& [axis, by_value] : spec.with)
+    for (const auto& [value, settings] : by_value)
+      for (const auto& [key, x] : settings.items()) {
+        const std::string where = "with." + axis + "." + value + "." + key;
+        const nlohmann::json* v = config_value(resolved, key);
+        if (v == nullptr) fail_input(spec.file, where + ": no such key in the run config");
+        if (!v->is_null() && !v->is_object() && kind_of(x) != kind_of(*v))
+          fail_input(spec.file, where + ": value " + x.dump() + " is a " + kind_of(x) + ", the run config's " + key +
+                                    " is a " + kind_of(*v) + " (" + v->dump() + ")");
+      }
   for (const SweepAxis& a : spec.axes) {
+    if (a.label) continue;
     const nlohmann::json* v = config_value(resolved, a.key);
     if (v == nullptr) {
       std::vector<std::string> keys;
@@ -233,6 +295,8 @@ void check_axes_against(const SweepSpec& spec, const nlohmann::json& resolved) {
   }
 }
 
+std::string axis_value_text(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
 std::vector<SweepPoint> expand_grid(const SweepSpec& spec) {
   // Short names unless two axes share one.
   std::vector<std::string> label;
@@ -243,7 +307,7 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& spec) {
     label.push_back(shared ? a.key : a.short_name());
   }
   auto text = [](const nlohmann::json& v) {
-    std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+    std::string s = axis_value_text(v);
     for (char& c : s)
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '+' && c != '-') c = '_';
     return s;
@@ -256,8 +320,15 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& spec) {
     for (std::size_t a = 0; a < spec.axes.size(); ++a) {
       const nlohmann::json& v = spec.axes[a].values[idx[a]];
       p.coords.push_back(v);
-      p.config[json_path(spec.axes[a].key)] = v;
+      if (!spec.axes[a].label) p.config[json_path(spec.axes[a].key)] = v;
       p.name += (a ? "_" : "") + label[a] + "=" + text(v);
+    }
+    for (std::size_t a = 0; a < spec.axes.size(); ++a) {
+      const auto w = spec.with.find(spec.axes[a].key);
+      if (w == spec.with.end()) continue;
+      const auto settings = w->second.find(axis_value_text(p.coords[a]));
+      if (settings == w->second.end()) continue;
+      for (const auto& [key, v] : settings->second.items()) p.config[json_path(key)] = v;
     }
     if (std::any_of(out.begin(), out.end(), [&](const SweepPoint& q) { return q.name == p.name; }))
       fail_input(spec.file, "axes: two points would share the folder '" + p.name + "' (values that differ only in "
@@ -272,6 +343,16 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& spec) {
     }
     if (spec.axes.empty()) return out;
   }
+}
+
+bool analysis_applies(const AnalysisSpec& a, const SweepSpec& spec, const SweepPoint& p) {
+  for (const auto& [key, values] : a.when) {
+    const auto axis = std::find_if(spec.axes.begin(), spec.axes.end(), [&](const SweepAxis& x) { return x.key == key; });
+    if (axis == spec.axes.end()) return false;
+    const nlohmann::json& v = p.coords[static_cast<std::size_t>(axis - spec.axes.begin())];
+    if (std::find(values.begin(), values.end(), v) == values.end()) return false;
+  }
+  return true;
 }
 
 }  // namespace moescope

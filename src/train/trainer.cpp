@@ -36,6 +36,7 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
                      {"checkpoint_every", c.checkpoint_every},
                      {"log_every", c.log_every},
                      {"eval_batch_size", c.eval_batch_size},
+                     {"eval_train_samples", c.eval_train_samples},
                      {"regularisers",
                       {{"load_balance", r.load_balance},
                        {"z_loss", r.z_loss},
@@ -51,7 +52,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   const char* what = "train config";
   json_fields::check(j, what, "train",
                        {"steps", "epochs", "batch_size", "eval_every", "checkpoint_every", "log_every",
-                        "eval_batch_size", "regularisers", "optim"});
+                        "eval_batch_size", "eval_train_samples", "regularisers", "optim"});
   json_fields::read(j, what, "steps", c.steps);
   json_fields::read(j, what, "epochs", c.epochs);
   json_fields::read(j, what, "batch_size", c.batch_size);
@@ -59,6 +60,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   json_fields::read(j, what, "checkpoint_every", c.checkpoint_every);
   json_fields::read(j, what, "log_every", c.log_every);
   json_fields::read(j, what, "eval_batch_size", c.eval_batch_size);
+  json_fields::read(j, what, "eval_train_samples", c.eval_train_samples);
   if (const auto it = j.find("regularisers"); it != j.end()) {
     const char* rw = "train config: regularisers";
     json_fields::check(*it, rw, "regularisers",
@@ -78,6 +80,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
     throw InputError("train config: give steps > 0 or epochs > 0");
   }
   if (c.batch_size < 1 || c.eval_batch_size < 1) throw InputError("train config: batch sizes must be >= 1");
+  if (c.eval_train_samples < 0) throw InputError("train config: field 'eval_train_samples' must be >= 0");
   if (c.eval_every < 0 || c.checkpoint_every < 0 || c.log_every < 1) {
     throw InputError("train config: eval_every and checkpoint_every must be >= 0, log_every >= 1");
   }
@@ -198,6 +201,11 @@ struct Log {
   std::vector<double> val_loss, val_acc, val_ppl;
 
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_acc = test_loss, test_ppl = test_loss;
+  /// The final evaluation on the train split's first eval_train_samples samples (NaN when skipped).
+  double train_eval_loss = std::numeric_limits<double>::quiet_NaN(), train_eval_acc = train_eval_loss,
+         train_eval_ppl = train_eval_loss;
+  /// Wall-clock milliseconds per test sample of the final test evaluation (a measurement, not deterministic).
+  double test_ms_per_sample = std::numeric_limits<double>::quiet_NaN();
 
   /// Keeps what a run resumed at `steps_done` has: rows of steps < steps_done, evaluations at <= steps_done.
   void truncate(std::int64_t steps_done) {
@@ -241,6 +249,14 @@ struct Log {
     w.write_scalar("/train/test_loss", test_loss);
     w.write_scalar("/train/test_acc", test_acc);
     w.write_scalar("/train/test_perplexity", test_ppl);
+    w.write_scalar("/train/train_eval_loss", train_eval_loss);
+    w.write_scalar("/train/train_eval_acc", train_eval_acc);
+    w.write_scalar("/train/train_eval_perplexity", train_eval_ppl);
+    w.write_scalar("/train/test_ms_per_sample", test_ms_per_sample);
+    w.set_attr("/train/test_ms_per_sample", "meaning",
+               "wall-clock milliseconds per test sample (sequence for LMs) of the final test evaluation: eval mode, "
+               "no gradients, eval_batch_size samples per forward pass, the run's threads; a measurement, so it "
+               "differs between runs of the same config");
     w.set_attr("/train", "config", nlohmann::json(cfg).dump());
     w.set_attr("/train", "total_steps", total_steps);
     w.commit();
@@ -556,10 +572,20 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     result.valid = validate_now(step);
     const auto t0 = Clock::now();
     result.test = evaluate(model, data.test, tc.eval_batch_size);
+    const double test_seconds = seconds_since(t0);
     log.test_loss = result.test.loss;
     log.test_acc = result.test.accuracy;
     log.test_ppl = result.test.perplexity;
-    times.eval += seconds_since(t0);
+    if (data.test.size() > 0) log.test_ms_per_sample = 1000.0 * test_seconds / static_cast<double>(data.test.size());
+    times.eval += test_seconds;
+    if (tc.eval_train_samples > 0) {
+      const auto t1 = Clock::now();
+      const EvalResult tr = evaluate(model, data.train.head(tc.eval_train_samples), tc.eval_batch_size);
+      log.train_eval_loss = tr.loss;
+      log.train_eval_acc = tr.accuracy;
+      log.train_eval_ppl = tr.perplexity;
+      times.eval += seconds_since(t1);
+    }
   }
   if (step > start || result.finished) checkpoint(step);
   report(options.progress, make_progress("train", step, total_steps, "steps", result.finished ? result.valid.loss : std::nan(""),

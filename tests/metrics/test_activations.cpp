@@ -190,6 +190,8 @@ TEST(RoutingStats, HandComputed) {
   const RoutingStats r = acc.result();
   const double h2 = -(0.25 * std::log(0.25) + 0.75 * std::log(0.75));
   EXPECT_NEAR(r.router_entropy, (std::log(2.0) + 0 + h2) / 3, 1e-7);  // probabilities are float32
+  // Unbiased variance over the 2 experts per token: 0, 0.5, 0.125 (exact in float32).
+  EXPECT_NEAR(r.routing_variance, (0.0 + 0.5 + 0.125) / 3, kTol);
   EXPECT_NEAR(r.importance[0], 1.75 / 3, 1e-7);
   EXPECT_NEAR(r.importance[1], 1.25 / 3, 1e-7);
   EXPECT_NEAR(r.load[0], 2.0 / 3, kTol);
@@ -205,6 +207,7 @@ TEST(RoutingStats, UniformRoutingHasEntropyLogE) {
   RoutingAccumulator acc(E);
   acc.add(p.data(), nullptr, nullptr, T, 0);
   EXPECT_NEAR(acc.result().router_entropy, std::log(8.0), kTol);
+  EXPECT_NEAR(acc.result().routing_variance, 0.0, kTol);
   EXPECT_TRUE(std::isnan(acc.result().load[0]));  // no choices seen
 }
 

@@ -83,6 +83,7 @@ TEST_F(ModelActivations, GatedHeadMatchesProbeAndDoesNotDependOnBatchSize) {
   const auto importance = p.mean(0);
   const double entropy = (-(p * p.clamp_min(1e-300).log()).sum(1)).mean().item<double>();
   EXPECT_NEAR(l.routing.router_entropy, entropy, 1e-6);
+  EXPECT_NEAR(l.routing.routing_variance, p.var(1, /*unbiased=*/true).mean().item<double>(), 1e-9);
   const auto counts = torch::bincount(p.argmax(1), {}, E);
   for (std::int64_t e = 0; e < E; ++e) {
     EXPECT_NEAR(l.routing.importance[static_cast<std::size_t>(e)], importance[e].item<double>(), 1e-6);

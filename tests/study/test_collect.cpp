@@ -39,6 +39,7 @@ void write_reports(const PlannedPoint& p) {
     w.write_scalar("/train/test_loss", 0.65);
     w.write_scalar("/train/test_acc", 0.74);
     w.write_scalar("/train/test_perplexity", 1.9);
+    w.write_scalar("/train/test_ms_per_sample", 0.25);
     w.commit();
   }
   {
@@ -58,6 +59,7 @@ void write_reports(const PlannedPoint& p) {
     w.write_scalar(b + "/mso", 0.4);
     w.write_scalar(b + "/routed_mean_overlap", 0.5);
     w.write_scalar(b + "/router_entropy", 1.2);
+    w.write_scalar(b + "/routing_variance", 0.05);
     w.write(b + "/load", {0.1, 0.2, 0.3, 0.4}, {4});  // mean 0.25, population sd sqrt(0.0125)
     w.write(b + "/importance", {0.25, 0.25, 0.25, 0.25}, {4});
     w.write_scalar(b + "/dropped_fraction", 0.0);
@@ -99,6 +101,8 @@ TEST(SweepCollect, EveryScalarOfAPointsReports) {
   EXPECT_DOUBLE_EQ(m.at("activation_overlap"), 0.6);
   EXPECT_NEAR(m.at("load_cv"), std::sqrt(0.0125) / 0.25, 1e-15);
   EXPECT_DOUBLE_EQ(m.at("importance_cv"), 0.0);
+  EXPECT_DOUBLE_EQ(m.at("routing_variance"), 0.05);
+  EXPECT_DOUBLE_EQ(m.at("test_ms_per_sample"), 0.25);
   EXPECT_DOUBLE_EQ(m.at("lambda_2_train"), 2.0);
   EXPECT_DOUBLE_EQ(m.at("lambda_1_train_residual"), 1e-7);
   EXPECT_DOUBLE_EQ(m.at("trace_train_stderr"), 1.5);
@@ -107,6 +111,14 @@ TEST(SweepCollect, EveryScalarOfAPointsReports) {
   EXPECT_DOUBLE_EQ(m.at("hessian_router.trace_train"), 40.0);  // an analysis named apart prefixes its columns
   EXPECT_DOUBLE_EQ(m.at("sharpness_0.05"), 0.01);
   EXPECT_DOUBLE_EQ(m.at("sharpness_0.1_stderr"), 0.002);
+}
+
+TEST(SweepCollect, TimingColumnsAreNamedByTheirUnit) {
+  EXPECT_TRUE(is_timing_column("test_ms_per_sample"));
+  EXPECT_TRUE(is_timing_column("hessian_router.eval_ms"));
+  EXPECT_FALSE(is_timing_column("test_acc"));
+  EXPECT_FALSE(is_timing_column("mso_mean"));
+  EXPECT_FALSE(is_timing_column("ms"));  // no unit suffix: a column named "ms" is not known to be a time
 }
 
 TEST(SweepCollect, TableRoundTripsThroughHdf5AndCsv) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -68,6 +69,22 @@ TEST(SweepRunner, PlansTheExactCommands) {
   EXPECT_EQ(p.point.config["name"], "run");
   EXPECT_EQ(shell_command({"a b", "it's", "x=1,2"}), "'a b' 'it'\\''s' x=1,2");
   EXPECT_THROW(plan_sweep(spec(), dir.file("out"), SweepOptions{"m", 0, 1}), std::invalid_argument);
+}
+
+TEST(SweepRunner, AnAnalysisRunsOnlyWhereItsWhenHolds) {
+  testing::TempDir dir;
+  const SweepSpec s = parse_sweep_spec(nlohmann::ordered_json::parse(R"({
+    "name": "t", "base": {"train": {"steps": 2}}, "axes": {"model.head": ["dense", "sparse"], "seed": [0]},
+    "analyses": {"activations": {"when": {"model.head": ["sparse"]}, "split": "test"}, "geometry": {}}})"),
+                                       "spec.json");
+  const SweepPlan plan = plan_sweep(s, dir.file("out"), SweepOptions{"/m", 1, 1});
+  ASSERT_EQ(plan.points.size(), 2u);
+  ASSERT_EQ(plan.points[0].steps.size(), 2u);  // dense: train, geometry
+  EXPECT_EQ(plan.points[0].steps[1].name, "geometry");
+  ASSERT_EQ(plan.points[1].steps.size(), 3u);  // sparse: train, activations, geometry
+  EXPECT_EQ(plan.points[1].steps[1].name, "activations");
+  EXPECT_EQ(plan.points[1].steps[1].argv.back(), "test");  // "when" is not a flag
+  EXPECT_EQ(std::count(plan.points[1].steps[1].argv.begin(), plan.points[1].steps[1].argv.end(), "--when"), 0);
 }
 
 TEST(SweepRunner, JobsFileHasOneSelfContainedCommandPerPoint) {

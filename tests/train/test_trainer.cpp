@@ -99,7 +99,8 @@ TEST(Trainer, FitModelToDataFillsAndChecksShapes) {
 // margin below what it reaches (measured 0.9+) while failing for a trainer that does not learn.
 TEST(Trainer, LearnsTheClusteredTask) {
   moescope::testing::TempDir dir;
-  const RunConfig c = clustered_run(dir.path(), "learn");
+  RunConfig c = clustered_run(dir.path(), "learn");
+  c.train.eval_train_samples = 500;  // after training: does not change the weights
   const TrainResult r = train_run(c, quiet());
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(r.steps, 1200);
@@ -132,6 +133,14 @@ TEST(Trainer, LearnsTheClusteredTask) {
   const LoadedRun back = load_run(r.run_dir);
   EXPECT_EQ(back.run.step(), 1200);
   EXPECT_NEAR(evaluate(back.model, load_dataset(back.data).test).accuracy, r.test.accuracy, 1e-12);
+  // The final train-split evaluation is the first 500 train samples in eval mode, at the run's eval batch size;
+  // the test evaluation's time per sample is a positive measurement.
+  const EvalResult train_head = evaluate(back.model, load_dataset(back.data).train.head(500), c.train.eval_batch_size);
+  EXPECT_EQ(train_head.count, 500);
+  EXPECT_DOUBLE_EQ(log.read_scalar("/train/train_eval_acc"), train_head.accuracy);
+  EXPECT_NEAR(log.read_scalar("/train/train_eval_loss"), train_head.loss, 1e-12);
+  EXPECT_GT(log.read_scalar("/train/test_ms_per_sample"), 0.0);
+  EXPECT_TRUE(std::isfinite(log.read_scalar("/train/test_ms_per_sample")));
 }
 
 // Kill and resume: a run stopped after 13 of 24 steps (mid-epoch, between checkpoints) and resumed gives the

@@ -22,6 +22,8 @@
 // Routing: load[e] = fraction of the router's (token, slot) assignments that chose e (before capacity drops;
 // sums to 1); importance[e] = mean over tokens of p_e(t) (Shazeer et al.'s importance is the sum: T times this);
 // router_entropy = mean over tokens of -sum_e p_e(t) ln p_e(t) (nats; ln E is uniform routing);
+// routing_variance = mean over tokens of the unbiased variance over the E experts of p_e(t), i.e.
+// sum_e (p_e(t) - 1/E)^2 / (E - 1) (Guo et al. 2025's v, arXiv:2505.22323; 0 for uniform routing, 1/E for one-hot);
 // dropped_fraction = assignments dropped by the capacity limit / all assignments (0 without a limit).
 #include <cstdint>
 #include <map>
@@ -87,6 +89,8 @@ struct RoutingStats {
   std::vector<double> load;           ///< [E] fraction of assignments (NaN without choices)
   std::vector<double> importance;     ///< [E] mean router probability (NaN without probabilities)
   double router_entropy = 0;          ///< nats (NaN without probabilities)
+  double routing_variance = 0;        ///< mean per-token unbiased variance of p over experts (NaN without
+                                      ///< probabilities or with one expert)
   std::int64_t dropped = 0;
   double dropped_fraction = 0;
 };
@@ -111,7 +115,7 @@ class RoutingAccumulator {
   std::int64_t tokens_ = 0, prob_tokens_ = 0, assignments_ = 0, dropped_ = 0;
   std::vector<double> prob_sum_;
   std::vector<std::int64_t> counts_;
-  double entropy_sum_ = 0;
+  double entropy_sum_ = 0, variance_sum_ = 0;
 };
 
 /// Weight-space vs activation-space overlap of one layer, pair by pair (i < j).
@@ -178,7 +182,7 @@ class ReportReader;
 /// /activations with its attributes and one group per layer:
 /// /activations/<key>/{overlap[E,E], overlap_sq[E,E], pair_tokens[E,E], mean_overlap, mso, routed_overlap[E,E],
 ///   routed_tokens[E,E], routed_mean_overlap, routed_mso, source_overlap[E,E], source_mean_overlap, mean_norm[E],
-///   load[E], importance[E], router_entropy, dropped_fraction, tokens}
+///   load[E], importance[E], router_entropy, routing_variance, dropped_fraction, tokens}
 ///   attrs: layer, prefix, experts, dim, out_dim, routing_source, capacity, top_k, expert_function.
 void write_activations(ReportWriter& w, const ActivationsResult& r, const ActivationsMeta& meta);
 /// /compare_spaces: per layer (weight_overlap, activation_overlap over pairs i<j, pair_i, pair_j, pearson_r/p,

@@ -2,15 +2,20 @@
 // Collecting a sweep: one row per point with its coordinates and every scalar of its reports, as DIR/sweep.h5 and
 // DIR/sweep.csv. What is collected (NaN where a report or value is missing):
 //   training (run/log.h5):   train_loss (last logged batch loss), valid_loss, valid_acc, valid_ppl (last evaluation),
-//                            test_loss, test_acc, test_ppl, steps
+//                            test_loss, test_acc, test_ppl, steps, test_ms_per_sample (timing, see below),
+//                            train_acc, train_eval_loss, train_ppl (with train.eval_train_samples > 0)
 //   geometry report:         mso_mean, mso_layer_NN, param_variance, param_variance_normalized (means over layers)
 //   activations report:      activation_overlap (mean per-token cosine, mean over layers), activation_mso,
 //                            routed_overlap, routing_entropy, load_cv (coefficient of variation of the expert load),
-//                            importance_cv, dropped_fraction; with --geometry also mso_mean and compare_pearson_r
+//                            importance_cv, dropped_fraction, routing_variance (Guo et al.'s v); with --geometry
+//                            also mso_mean and compare_pearson_r
 //   hessian report, per split S: lambda_I_S (I = 1..k), lambda_1_S_residual, trace_S, trace_S_stderr, loss_S;
 //                            each-expert groups: lambda_1_S_expert_mean, lambda_1_S_expert_max
 //   landscape report:        sharpness_R and sharpness_R_stderr per radius R, landscape_center_loss
 // An analysis not named after its command prefixes its columns with its name ("hessian_router.trace_train").
+// Timing columns: a column whose name ends in "_ms_per_sample" or "_ms" is a wall-clock measurement (milliseconds),
+// which differs between runs of the same point; everything else is a function of the spec, the seed and the thread
+// count. Comparisons of tables bit for bit (a resumed sweep against an uninterrupted one) leave timing columns out.
 //
 // sweep.h5:  /sweep (attrs spec, axes, strength_axis, seed_axis), /sweep/point [N], /sweep/status [N],
 //            /sweep/coords/<axis key> [N] (float64 or strings), /sweep/metrics/<name> [N] (attrs label, source)
@@ -43,6 +48,9 @@ struct SweepTable {
   /// A categorical axis by key or unique last component, nullptr when none.
   const std::vector<std::string>* text(const std::string& name) const;
 };
+
+/// True for a timing column (a wall-clock measurement, not reproducible): the name ends in "_ms_per_sample" or "_ms".
+bool is_timing_column(const std::string& name);
 
 /// A number as a column value prints: integers without a fraction ("3"), others in the shortest form that reads
 /// back exactly ("0.001"), "nan" for NaN.

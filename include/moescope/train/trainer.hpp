@@ -37,6 +37,9 @@ struct TrainConfig {
   /// Record a log row every this many steps.
   std::int64_t log_every = 10;
   std::int64_t eval_batch_size = 512;
+  /// At the end, also evaluate on the first this many samples of the train split (eval mode, like valid and test;
+  /// 0: skip), logged as /train/train_eval_{loss,acc,perplexity}: the train accuracy a study reports.
+  std::int64_t eval_train_samples = 0;
   RegulariserWeights regularisers;
   /// The expert parameter the weight-orthogonality loss compares (as named inside an expert).
   std::string weight_orth_param = "fc1.weight";
