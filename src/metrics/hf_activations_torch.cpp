@@ -9,11 +9,11 @@
 #include <optional>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr std::int64_t kChunkValues = std::int64_t{1} << 24;  // expert outputs per chunk: 64 MiB in float32
 
 std::string block_prefix(const HFConfig& c, std::int64_t layer) {

@@ -5,12 +5,9 @@
 #include <stdexcept>
 
 #include "moescope/io/report.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
-
-namespace {
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-}
 
 SharedExpertAccumulator::SharedExpertAccumulator(std::string key, std::string kind, std::int64_t experts) {
   if (experts < 1) throw std::invalid_argument("SharedExpertAccumulator: experts must be >= 1");
