@@ -9,7 +9,7 @@
 namespace moescope {
 
 namespace {
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kSharedExpertNaN = std::numeric_limits<double>::quiet_NaN();
 }
 
 SharedExpertAccumulator::SharedExpertAccumulator(std::string key, std::string kind, std::int64_t experts) {
@@ -37,11 +37,11 @@ SharedExpertActivations SharedExpertAccumulator::result() const {
   const double T = static_cast<double>(r.tokens);
   r.overlap.resize(sum_.size());
   for (std::size_t e = 0; e < sum_.size(); ++e)
-    r.overlap[e] = r.overlap_tokens[e] > 0 ? sum_[e] / r.overlap_tokens[e] : kNaN;
-  r.mixture_overlap = mixture_count_ > 0 ? mixture_sum_ / mixture_count_ : kNaN;
-  r.mean_norm = r.tokens > 0 ? norm_sum_ / T : kNaN;
-  r.mixture_norm = r.tokens > 0 ? mixture_norm_sum_ / T : kNaN;
-  r.mean_gate = r.tokens > 0 ? gate_sum_ / T : kNaN;
+    r.overlap[e] = r.overlap_tokens[e] > 0 ? sum_[e] / r.overlap_tokens[e] : kSharedExpertNaN;
+  r.mixture_overlap = mixture_count_ > 0 ? mixture_sum_ / mixture_count_ : kSharedExpertNaN;
+  r.mean_norm = r.tokens > 0 ? norm_sum_ / T : kSharedExpertNaN;
+  r.mixture_norm = r.tokens > 0 ? mixture_norm_sum_ / T : kSharedExpertNaN;
+  r.mean_gate = r.tokens > 0 ? gate_sum_ / T : kSharedExpertNaN;
   return r;
 }
 
