@@ -14,28 +14,28 @@
 namespace moescope {
 namespace {
 
-constexpr std::int64_t kChunkValues = std::int64_t{1} << 24;  // expert outputs per chunk: 64 MiB in float32
+constexpr std::int64_t kHFActChunkValues = std::int64_t{1} << 24;  // expert outputs per chunk: 64 MiB in float32
 
-std::string block_prefix(const HFConfig& c, std::int64_t layer) {
+std::string hf_block_prefix(const HFConfig& c, std::int64_t layer) {
   std::string p = c.moe_prefix(layer);
   if (!p.empty() && p.back() == '.') p.pop_back();
   return p;
 }
 
-std::string numbered_key(std::int64_t layer) {
+std::string hf_numbered_layer_key(std::int64_t layer) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "layer_%02lld", static_cast<long long>(layer));
   return buf;
 }
 
 // Router scores as probabilities: DeepSeek-V3's independent sigmoid scores divided by their sum per token.
-torch::Tensor as_probabilities(const HFConfig& c, const torch::Tensor& scores) {
+torch::Tensor hf_router_probabilities(const HFConfig& c, const torch::Tensor& scores) {
   if (c.scoring_func != "sigmoid") return scores;
   return scores / scores.sum(-1, /*keepdim=*/true);
 }
 
 // Every routed expert of `block` on x [n, H]: [n, E, H] in the model's dtype.
-torch::Tensor all_experts(HFSparseMoEImpl& block, const torch::Tensor& x) {
+torch::Tensor hf_all_expert_outputs(HFSparseMoEImpl& block, const torch::Tensor& x) {
   std::vector<torch::Tensor> ys;
   ys.reserve(static_cast<std::size_t>(block.num_experts()));
   for (std::int64_t e = 0; e < block.num_experts(); ++e) ys.push_back(block.expert_forward(e, x));
@@ -43,12 +43,12 @@ torch::Tensor all_experts(HFSparseMoEImpl& block, const torch::Tensor& x) {
 }
 
 // Cosine rows a.b / (|a| |b|) with NaN where either norm is zero. a [n, ..., H], b broadcastable.
-torch::Tensor cosines(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& na, const torch::Tensor& nb) {
+torch::Tensor hf_row_cosines(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& na, const torch::Tensor& nb) {
   const auto den = na * nb;
   return ((a * b).sum(-1) / den).masked_fill(den == 0, kNaN);
 }
 
-struct LayerState {
+struct HFLayerState {
   HFLayerKey key;
   std::shared_ptr<HFSparseMoEImpl> block;
   std::size_t trace = 0;  // position of the layer among the model's MoE layers (HFOutput::moe)
@@ -56,7 +56,7 @@ struct LayerState {
   RoutingAccumulator routing;
   std::optional<SharedExpertAccumulator> shared;
   std::int64_t seen = 0;
-  LayerState(HFLayerKey k, std::shared_ptr<HFSparseMoEImpl> b, std::size_t t)
+  HFLayerState(HFLayerKey k, std::shared_ptr<HFSparseMoEImpl> b, std::size_t t)
       : key(std::move(k)),
         block(std::move(b)),
         trace(t),
@@ -65,13 +65,13 @@ struct LayerState {
 };
 
 // Tokens [c0, c0 + n) of one layer's trace into its statistics.
-void add_chunk(LayerState& st, const HFConfig& c, const HFMoETrace& t, std::int64_t c0, std::int64_t n, bool f64) {
+void hf_add_token_chunk(HFLayerState& st, const HFConfig& c, const HFMoETrace& t, std::int64_t c0, std::int64_t n, bool f64) {
   const auto x = t.inputs.narrow(0, c0, n);
   const auto wide = f64 ? torch::kDouble : torch::kFloat;
-  const auto y = all_experts(*st.block, x).to(torch::kCPU, wide).contiguous();
+  const auto y = hf_all_expert_outputs(*st.block, x).to(torch::kCPU, wide).contiguous();
   const std::int64_t H = y.size(2), k = t.topk_experts.size(1);
   const auto chosen = t.topk_experts.narrow(0, c0, n).to(torch::kCPU, torch::kLong).contiguous();
-  const auto probs = as_probabilities(c, t.router_probs.narrow(0, c0, n).to(torch::kCPU, wide)).contiguous();
+  const auto probs = hf_router_probabilities(c, t.router_probs.narrow(0, c0, n).to(torch::kCPU, wide)).contiguous();
   if (f64) {
     st.overlap.add(y.data_ptr<double>(), n, H, chosen.data_ptr<std::int64_t>(), k);
     st.routing.add(probs.data_ptr<double>(), chosen.data_ptr<std::int64_t>(), nullptr, n, k);
@@ -86,8 +86,8 @@ void add_chunk(LayerState& st, const HFConfig& c, const HFMoETrace& t, std::int6
   const auto w = t.topk_weights.narrow(0, c0, n).to(torch::kCPU, torch::kDouble);
   const auto mix = (y64.gather(1, chosen.unsqueeze(-1).expand({n, k, H})) * w.unsqueeze(-1)).sum(1);  // [n, H]
   const auto ns = s.norm(2, -1).contiguous(), ny = y64.norm(2, -1), nm = mix.norm(2, -1).contiguous();
-  const auto cos_e = cosines(y64, s.unsqueeze(1), ny, ns.unsqueeze(1)).contiguous();  // [n, E]
-  const auto cos_m = cosines(mix, s, nm, ns).contiguous();
+  const auto cos_e = hf_row_cosines(y64, s.unsqueeze(1), ny, ns.unsqueeze(1)).contiguous();  // [n, E]
+  const auto cos_m = hf_row_cosines(mix, s, nm, ns).contiguous();
   const auto g = gate.defined() ? gate.reshape({-1}).to(torch::kCPU, torch::kDouble).contiguous() : torch::Tensor();
   const double *ce = cos_e.data_ptr<double>(), *cm = cos_m.data_ptr<double>(), *pns = ns.data_ptr<double>(),
                *pnm = nm.data_ptr<double>(), *pg = g.defined() ? g.data_ptr<double>() : nullptr;
@@ -100,8 +100,8 @@ void add_chunk(LayerState& st, const HFConfig& c, const HFMoETrace& t, std::int6
 std::vector<HFLayerKey> hf_layer_keys(const HFCausalLMImpl& model, const Layout& layout) {
   std::vector<HFLayerKey> out;
   for (const std::int64_t l : model.moe_layers()) {
-    HFLayerKey k{l, numbered_key(l)};
-    const std::string p = block_prefix(model.config(), l);
+    HFLayerKey k{l, hf_numbered_layer_key(l)};
+    const std::string p = hf_block_prefix(model.config(), l);
     for (const auto& ll : layout.layers)
       if (ll.prefix == p) k.key = ll.key;
     out.push_back(std::move(k));
@@ -115,7 +115,7 @@ ExpertBank hf_expert_bank(const HFCausalLMImpl& model, const HFLayerKey& layer) 
   ExpertBank b;
   b.key = layer.key;
   b.layer = static_cast<int>(layer.layer);
-  b.prefix = block_prefix(c, layer.layer);
+  b.prefix = hf_block_prefix(c, layer.layer);
   b.experts = block->num_experts();
   b.dim = c.hidden_size;
   b.out_dim = c.hidden_size;
@@ -130,7 +130,7 @@ ExpertBank hf_expert_bank(const HFCausalLMImpl& model, const HFLayerKey& layer) 
     torch::NoGradGuard no_grad;
     const HFRouting r = block->gate->forward(x.to(dtype));
     TokenRouting t;
-    t.probs = as_probabilities(c, r.scores);
+    t.probs = hf_router_probabilities(c, r.scores);
     t.chosen = r.experts;
     return t;
   };
@@ -145,7 +145,7 @@ HFActivations hf_activations(const TaskModel& model, const TensorSplit& split, c
   HFCausalLMImpl& m = model.hf();
   const HFConfig& c = m.config();
   const std::vector<std::int64_t> moe = m.moe_layers();
-  std::vector<LayerState> states;
+  std::vector<HFLayerState> states;
   states.reserve(layers.size());
   for (const HFLayerKey& k : layers) {
     const auto at = std::find(moe.begin(), moe.end(), k.layer);
@@ -171,7 +171,7 @@ HFActivations hf_activations(const TaskModel& model, const TensorSplit& split, c
   const std::int64_t N = split.size(), S = split.inputs.size(1);
   const std::int64_t bs = std::max<std::int64_t>(1, opts.batch_size);
   const std::int64_t E = c.num_experts, H = c.hidden_size;
-  const std::int64_t chunk = std::max<std::int64_t>(1, kChunkValues / std::max<std::int64_t>(1, E * H));
+  const std::int64_t chunk = std::max<std::int64_t>(1, kHFActChunkValues / std::max<std::int64_t>(1, E * H));
   // Sequences needed: all, or enough for max_tokens.
   const std::int64_t wanted = opts.max_tokens > 0 ? std::min(N, (opts.max_tokens + S - 1) / S) : N;
 
@@ -183,21 +183,21 @@ HFActivations hf_activations(const TaskModel& model, const TensorSplit& split, c
     const std::int64_t end = std::min(wanted, begin + bs);
     const HFOutput o = m.forward_with(split.inputs.slice(0, begin, end).to(device), fo);
     out.result.samples += end - begin;
-    for (LayerState& st : states) {
+    for (HFLayerState& st : states) {
       const HFMoETrace& t = o.moe.at(st.trace);
       std::int64_t rows = t.inputs.size(0);
       if (opts.max_tokens > 0) rows = std::min(rows, opts.max_tokens - st.seen);
-      for (std::int64_t c0 = 0; c0 < rows; c0 += chunk) add_chunk(st, c, t, c0, std::min(chunk, rows - c0), f64);
+      for (std::int64_t c0 = 0; c0 < rows; c0 += chunk) hf_add_token_chunk(st, c, t, c0, std::min(chunk, rows - c0), f64);
       st.seen += std::max<std::int64_t>(rows, 0);
     }
     report(opts.progress, make_progress("activations", out.result.samples, wanted, "sequences", std::nan(""), "", "",
                                         out.result.samples == wanted));
   }
-  for (const LayerState& st : states) {
+  for (const HFLayerState& st : states) {
     LayerActivations l;
     l.key = st.key.key;
     l.layer = static_cast<int>(st.key.layer);
-    l.prefix = block_prefix(c, st.key.layer);
+    l.prefix = hf_block_prefix(c, st.key.layer);
     l.experts = st.block->num_experts();
     l.dim = H;
     l.out_dim = H;
