@@ -1,6 +1,8 @@
 #include "moescope/io/report.hpp"
 
 #include <H5Cpp.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,6 +17,7 @@
 #include <variant>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/memory.hpp"
 #include "moescope/version.hpp"
 
 namespace moescope {
@@ -201,7 +204,8 @@ std::size_t space_elements(const H5::DataSpace& space, std::vector<std::size_t>*
   space.getSimpleExtentDims(h.data());
   std::size_t n = 1;
   for (hsize_t d : h) {
-    n *= static_cast<std::size_t>(d);
+    // a damaged file's dims may multiply past 64 bits: saturate (no request can be that large anyway)
+    if (__builtin_mul_overflow(n, static_cast<std::size_t>(d), &n)) n = static_cast<std::size_t>(-1);
     if (dims) dims->push_back(static_cast<std::size_t>(d));
   }
   return n;
@@ -274,6 +278,10 @@ Object open_object(const H5::H5File& file, const std::string& report, const std:
 struct ReportWriter::Impl {
   std::string path;
   std::string tmp;
+  int lock_fd = -1;        // holds a POSIX write lock on tmp while this writer owns it
+  ~Impl() {
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
   std::optional<H5::H5File> file;  // optional: H5File has no usable assignment
   bool open = false;       // the HDF5 file is open
   bool finished = false;   // commit() was called: nothing more is accepted
@@ -284,7 +292,12 @@ struct ReportWriter::Impl {
   }
 
   [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) const {
-    throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + detail::reason(e) + ")");
+    const std::string why = detail::reason(e);
+    // A failed write system call (disk full, file size limit, quota, I/O error) is the machine's state, for the
+    // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in its message.
+    if (why.find("errno = ") != std::string::npos)
+      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ")");
+    throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + why + ")");
   }
 
   // Creates the groups above the object at `parts` (all but the last component).
@@ -329,12 +342,27 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
   detail::quiet_hdf5();
   impl_->path = path_;
   impl_->tmp = path_ + ".tmp";
-  // Probe with the C library first: HDF5's own message for a missing folder is a wall of text, errno is exact.
-  errno = 0;
-  if (std::FILE* probe = std::fopen(impl_->tmp.c_str(), "wb")) {
-    std::fclose(probe);
-  } else {
-    fail_input(path_, std::string("cannot create report (") + std::strerror(errno) + ")");
+  // Open (without truncating) and lock the temporary file before HDF5 sees it: HDF5 truncates a file before it
+  // takes its own lock, so a second writer of the same report would otherwise wipe the first one's data. The
+  // POSIX record lock is the process's, separate from the flock() HDF5 takes on its own descriptor. Opening it
+  // ourselves also gives an exact errno where HDF5's message for a missing folder is a wall of text.
+  impl_->lock_fd = ::open(impl_->tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (impl_->lock_fd < 0) fail_input(path_, std::string("cannot create report (") + std::strerror(errno) + ")");
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  if (::fcntl(impl_->lock_fd, F_SETLK, &lk) != 0) {
+    const int err = errno;
+    struct flock who {};
+    who.l_type = F_WRLCK;
+    who.l_whence = SEEK_SET;
+    const bool known = ::fcntl(impl_->lock_fd, F_GETLK, &who) == 0 && who.l_type != F_UNLCK;
+    ::close(impl_->lock_fd);
+    impl_->lock_fd = -1;
+    if (err == EACCES || err == EAGAIN)
+      fail_input(path_, "another process" + (known ? " (pid " + std::to_string(who.l_pid) + ")" : std::string()) +
+                            " is writing this report (" + impl_->tmp + "); wait for it or choose another -o");
+    fail_input(path_, std::string("cannot lock ") + impl_->tmp + " (" + std::strerror(err) + ")");
   }
   try {
     H5::FileAccPropList fapl;
@@ -463,8 +491,10 @@ void ReportWriter::commit() {
     impl_->file->close();
     impl_->open = false;
   } catch (const H5::Exception& e) {
-    throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" +
-                             detail::reason(e) + ")");
+    const std::string why = detail::reason(e);
+    if (why.find("errno = ") != std::string::npos)  // the final flush failed: disk full, size limit, I/O error
+      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ")");
+    throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" + why + ")");
   }
   std::error_code ec;
   std::filesystem::rename(impl_->tmp, path_, ec);
@@ -519,7 +549,12 @@ ReportReader::ReportReader(const std::string& path) : path_(path), impl_(std::ma
     if (!H5::H5File::isHdf5(path_)) fail_input(path_, "not an HDF5 file");
     impl_->file.emplace(path_, H5F_ACC_RDONLY);
   } catch (const H5::Exception& e) {
-    fail_input(path_, "cannot open report (" + detail::reason(e) + ")");
+    const std::string why = detail::reason(e);
+    // HDF5 locks a file it writes; other programs (h5py, HDFView) may hold a report open for writing.
+    if (why.find("unable to lock file") != std::string::npos)
+      fail_input(path_, "cannot open report: another process has it open for writing (" + why +
+                            "); wait until it closes the file");
+    fail_input(path_, "cannot open report (" + why + ")");
   }
 }
 
@@ -539,7 +574,12 @@ std::vector<double> ReportReader::read(const std::string& path, std::vector<std:
     const H5T_class_t cls = ds.getTypeClass();
     if (cls != H5T_INTEGER && cls != H5T_FLOAT) fail_input(path_, detail::quoted(path) + " is not a numeric dataset");
     const H5::DataSpace space = ds.getSpace();
-    std::vector<double> out(detail::space_elements(space, dims));
+    const std::size_t n = detail::space_elements(space, dims);
+    // Sizes come from the file: a damaged or hostile one may claim more values than memory holds.
+    check_memory(path_ + ": dataset " + detail::quoted(path),
+                 {{std::to_string(n) + " values as float64", static_cast<double>(n) * 8.0}},
+                 "the report is damaged or not one of moescope's");
+    std::vector<double> out(n);
     if (!out.empty()) ds.read(out.data(), H5::PredType::NATIVE_DOUBLE);
     return out;
   } catch (const H5::Exception& e) {
@@ -569,6 +609,9 @@ std::vector<std::string> ReportReader::read_strings(const std::string& path) con
     if (ds.getTypeClass() != H5T_STRING) fail_input(path_, detail::quoted(path) + " is not a string dataset");
     const H5::DataSpace space = ds.getSpace();
     const std::size_t n = detail::space_elements(space, nullptr);
+    check_memory(path_ + ": dataset " + detail::quoted(path),
+                 {{std::to_string(n) + " strings", static_cast<double>(n) * 40.0}},
+                 "the report is damaged or not one of moescope's");
     return detail::read_string_values(ds.getStrType(), space, n,
                                       [&](void* buf, const H5::DataType& mem) { ds.read(buf, mem); });
   } catch (const H5::Exception& e) {
@@ -604,6 +647,8 @@ AttrValue ReportReader::attr(const std::string& object_path, const std::string& 
     const H5::DataSpace space = a.getSpace();
     std::vector<std::size_t> dims;
     const std::size_t n = detail::space_elements(space, &dims);
+    check_memory(path_ + ": attribute " + where, {{std::to_string(n) + " values", static_cast<double>(n) * 8.0}},
+                 "the report is damaged or not one of moescope's");
     if (dims.size() > 1) {
       fail_input(path_, "attribute " + where + " has " + std::to_string(dims.size()) + " dimensions");
     }

@@ -402,7 +402,13 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
                    "the run was started with another config; resume with the same config or a new name");
       }
       const nlohmann::json state = read_json_file((last / "state.json").string(), "the checkpoint state");
-      start = state.at("step").get<std::int64_t>();
+      check_run_format(state, (last / "state.json").string());
+      const auto step_it = state.find("step");
+      if (step_it == state.end() || !step_it->is_number_integer() || step_it->get<std::int64_t>() < 0 ||
+          step_it->get<std::int64_t>() > total_steps)
+        fail_input((last / "state.json").string(), "\"step\" must be an integer from 0 to " +
+                                                       std::to_string(total_steps));
+      start = step_it->get<std::int64_t>();
       load_module_weights(model.module(), (last / "model.safetensors").string());
       load_optimizer(*optimizer, (last / "optimizer.pt").string());
       if (omoe) omoe->load_state(load_tensor_map(last / "omoe.safetensors"));
@@ -436,7 +442,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     }
     write_text_atomic(tmp / "state.json",
                       nlohmann::json{{"step", steps_done}, {"total_steps", total_steps}, {"seed", config.seed},
-                                     {"moescope_version", kVersion}}
+                                     {"moescope_version", kVersion}, {"run_format", kRunFormat}}
                           .dump(2));
     fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);

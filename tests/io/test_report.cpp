@@ -1,6 +1,8 @@
 #include "moescope/io/report.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -369,6 +371,68 @@ print("ok")
   const int status = pclose(pipe);
   EXPECT_EQ(status, 0) << out;
   EXPECT_EQ(out, "ok\n");
+}
+
+// A report opened while another process writes it (issue 15). The other process is a child holding a ReportWriter
+// (and so its NAME.tmp, locked) until the parent has tried; pipes order the two.
+class OtherWriter {
+ public:
+  explicit OtherWriter(const std::string& path) {
+    if (::pipe(ready_) != 0 || ::pipe(go_) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        ReportWriter w(path);
+        w.write_scalar("/x", 42.0);
+        char c = 1;
+        if (::write(ready_[1], &c, 1) != 1 || ::read(go_[0], &c, 1) != 1) code = 3;
+        w.write_scalar("/y", 43.0);
+        w.commit();
+      } catch (...) {
+        code = 4;
+      }
+      ::_exit(code);
+    }
+    char c = 0;
+    if (::read(ready_[0], &c, 1) != 1) throw std::runtime_error("child did not start");
+  }
+  /// Lets the child finish and returns its exit code.
+  int finish() {
+    char c = 1;
+    if (::write(go_[1], &c, 1) != 1) return -1;
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  int ready_[2], go_[2];
+  pid_t pid_ = -1;
+};
+
+TEST(Report, SecondWriterOfTheSameReportIsRefusedAndTheFirstIsUnharmed) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  OtherWriter other(path);
+  const std::string m = input_error_message([&] { ReportWriter w(path); });
+  EXPECT_EQ(m, path + ": another process (pid " + std::to_string(other.pid()) + ") is writing this report (" + path +
+                   ".tmp); wait for it or choose another -o");
+  ASSERT_EQ(other.finish(), 0);
+  ReportReader r(path);  // the first writer's report is whole: the refused one neither truncated nor removed it
+  EXPECT_EQ(r.read_scalar("/x"), 42.0);
+  EXPECT_EQ(r.read_scalar("/y"), 43.0);
+}
+
+TEST(Report, ReadingAFileAnotherProcessHasOpenForWritingSaysSo) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  OtherWriter other(path);  // HDF5 holds its own lock on r.h5.tmp while the child writes it
+  const std::string m = input_error_message([&] { ReportReader r(path + ".tmp"); });
+  EXPECT_EQ(m.rfind(path + ".tmp: cannot open report: another process has it open for writing (", 0), 0u) << m;
+  EXPECT_EQ(testing::line_count(m), 0) << m;
+  ASSERT_EQ(other.finish(), 0);
 }
 
 }  // namespace

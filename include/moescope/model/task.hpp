@@ -89,7 +89,12 @@ struct LoadedRun {
   std::vector<std::string> notes;
   const std::string& weights_file() const { return run.weights_file(); }
 };
-/// Opens a run (Run::open) and loads its model. Throws InputError when something is missing or does not fit.
+/// Throws InputError naming `file` and the first tensor (by state-dict order) holding a NaN or an infinity, with
+/// its index and how many of its values are not finite.
+void require_finite_weights(const torch::nn::Module& module, const std::string& file);
+
+/// Opens a run (Run::open) and loads its model. Throws InputError when something is missing or does not fit, or
+/// when a weight is NaN or infinite (require_finite_weights): every analysis of the run would be NaN.
 LoadedRun load_run(const std::string& path);
 
 /// The data of an analysis: the spec resolved against the run's own, loaded, and each split cut to max_samples.
