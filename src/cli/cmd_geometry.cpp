@@ -25,7 +25,7 @@ void run(GeometryArgs& a, const Context& ctx) {
   const auto src = open_checkpoint(a.checkpoint);
   LayoutOptions lo;
   lo.expert_pattern = a.expert_pattern;
-  const Layout layout = detect_layout(src->tensors(), lo);
+  const Layout layout = detect_layout(*src, lo);
   const auto chosen = select_layers(layout, wanted, a.checkpoint);
   const CheckpointGeometry g = checkpoint_geometry(*src, layout.family, chosen, a.options, progress_renderer(ctx));
   print_notes(g.notes);

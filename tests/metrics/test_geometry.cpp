@@ -188,7 +188,7 @@ TEST(Geometry, ZeroExpertIsLeftOutOfTheMsoWithANote) {
   const double c0 = (1.0 + 0.25 + 0.0 - (1.5 * 1.5) / 3.0) / 2.0, c1 = (0.75 - 0.75 / 3.0) / 2.0;
   EXPECT_NEAR(g.param_variance, (c0 + c1) / 4.0, 1e-7);
   ASSERT_EQ(g.notes.size(), 1u);
-  EXPECT_NE(g.notes[0].find("expert 2 is all zeros (e.2.up, e.2.down)"), std::string::npos) << g.notes[0];
+  EXPECT_NE(g.notes[0].find("expert 2 is all zeros (e.2.down, e.2.up)"), std::string::npos) << g.notes[0];
 }
 
 TEST(Geometry, OneExpertLeftGivesNanMso) {
