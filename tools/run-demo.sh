@@ -4,7 +4,7 @@
 # and writes reports and figures under out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh build
+bash tools/setup.sh build moescope  # only what the job runs (moescope and moescope-torch)
 bin=build/moescope
 out=out/demo
 mkdir -p "$out"
@@ -26,8 +26,8 @@ final="$run/step_$last"
 "$bin" hessian "$final" --split train,test --top-k 3 --trace hutch++ --probes 30 --max-samples 500 --keep-graph \
   -o "$out/hessian.h5"
 # 6. Figures.
-/usr/bin/python3 tools/plot.py "$run/log.h5" -o "$out/figures"
-/usr/bin/python3 tools/plot.py "$out/activations.h5" -o "$out/figures"
-/usr/bin/python3 tools/plot.py "$out/landscape.h5" -o "$out/figures"
-/usr/bin/python3 tools/plot.py "$out/hessian.h5" -o "$out/figures"
+"$bin" plot "$run/log.h5" -o "$out/figures"
+"$bin" plot "$out/activations.h5" -o "$out/figures"
+"$bin" plot "$out/landscape.h5" -o "$out/figures"
+"$bin" plot "$out/hessian.h5" -o "$out/figures"
 echo "run: $run   reports: $out/*.h5   figures: $out/figures/"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what moescope needs on Debian 12 (only what is missing), then configures and builds it.
-# Usage: tools/setup.sh [BUILD_DIR]     (env: MOESCOPE_JOBS, MOESCOPE_CMAKE_ARGS)
+# Usage: tools/setup.sh [BUILD_DIR [TARGET ...]]   (default: every target; env: MOESCOPE_JOBS, MOESCOPE_CMAKE_ARGS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
+shift || true
+targets=("$@")
 
 pkgs=(cmake ninja-build g++ pkg-config ccache
       libtorch-dev libopenblas0-pthread libeigen3-dev libspectra-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
@@ -24,4 +26,8 @@ fi
 jobs=${MOESCOPE_JOBS:-$(nproc)}
 # shellcheck disable=SC2086
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MOESCOPE_CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" -j "$jobs"
+if ((${#targets[@]})); then
+  cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+else
+  cmake --build "$build" -j "$jobs"
+fi

@@ -20,7 +20,7 @@ struct GeometryArgs {
 };
 
 void run(GeometryArgs& a, const Context& ctx) {
-  a.options.threads = apply_threads(ctx);
+  a.options.threads = thread_count(ctx);
   const std::vector<int> wanted = a.layers.empty() ? std::vector<int>{} : parse_index_list(a.layers, "--layers");
   const auto src = open_checkpoint(a.checkpoint);
   LayoutOptions lo;

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <memory>
 
-#include "common.hpp"
+#include "torch_common.hpp"
 #include "moescope/curvature/analysis.hpp"
 
 namespace moescope::cli {
@@ -74,7 +74,7 @@ void run(HessianArgs& a, const Context& ctx) {
 void add_hessian(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<HessianArgs>();
   HessianRequest& r = a->request;
-  auto* sub = app.add_subcommand("hessian", "Loss-Hessian spectrum of a trained run: top eigenpairs, trace, density");
+  auto* sub = app.add_subcommand("hessian", torch_command_description("hessian"));
   sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors")->required();
   sub->add_option("-o,--output", a->output, "Report to write (HDF5)")->required();
   add_eval_options(sub, r.eval);

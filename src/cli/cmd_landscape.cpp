@@ -10,7 +10,7 @@
 #include <iostream>
 #include <memory>
 
-#include "common.hpp"
+#include "torch_common.hpp"
 #include "moescope/landscape/analysis.hpp"
 
 namespace moescope::cli {
@@ -83,7 +83,7 @@ void run(LandscapeArgs& a, const Context& ctx) {
 void add_landscape(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<LandscapeArgs>();
   LandscapeRequest& r = a->request;
-  auto* sub = app.add_subcommand("landscape", "Loss surface around a run's weights on a 1-D or 2-D grid (resumable)");
+  auto* sub = app.add_subcommand("landscape", torch_command_description("landscape"));
   sub->add_option("run", a->run, "Run folder, step folder or its model.safetensors")->required();
   sub->add_option("-o,--output", a->output, "Report to write (HDF5)")->required();
   sub->add_option("--dirs", r.dirs,

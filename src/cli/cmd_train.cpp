@@ -7,7 +7,7 @@
 #include <iostream>
 #include <optional>
 
-#include "common.hpp"
+#include "torch_common.hpp"
 #include "moescope/train/trainer.hpp"
 #include "moescope/util/json.hpp"
 
@@ -118,7 +118,7 @@ void run(const TrainArgs& a, const Context& ctx) {
 
 void add_train(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<TrainArgs>();
-  auto* cmd = app.add_subcommand("train", "Train a dense / soft-MoE / sparse-MoE model and write runs/NAME/");
+  auto* cmd = app.add_subcommand("train", torch_command_description("train"));
   cmd->add_option("--config", args->config, "Run config JSON (name, seed, out_dir, model, data, train)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--data", args->data, "NAME[:PATH] or a data-spec JSON (fashion-mnist, cifar10, clustered, "

@@ -1,6 +1,5 @@
 #include "common.hpp"
 
-#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -14,20 +13,26 @@
 
 #include "moescope/io/checkpoint.hpp"
 #include "moescope/util/error.hpp"
-#include "moescope/util/runtime.hpp"
 
 namespace moescope::cli {
 
-int apply_threads(const Context& ctx) {
-  const int n = ctx.threads > 0 ? ctx.threads : std::max(1u, std::thread::hardware_concurrency());
-  at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
-  spdlog::debug("threads {}; {}", n, ctx.runtime);
-  return n;
+const TorchCommand kTorchCommands[4] = {
+    {"train", "Train a dense / soft-MoE / sparse-MoE model and write runs/NAME/"},
+    {"activations", "Activation overlap of the experts and routing statistics per MoE layer"},
+    {"hessian", "Loss-Hessian spectrum of a trained run: top eigenpairs, trace, density"},
+    {"landscape", "Loss surface around a run's weights on a 1-D or 2-D grid (resumable)"},
+};
+
+const char* torch_command_description(const std::string& name) {
+  for (const auto& c : kTorchCommands)
+    if (name == c.name) return c.description;
+  return "";
 }
 
-int start_torch_work(const Context& ctx) {
-  reexec_with_passive_openmp(ctx.argv);
-  return apply_threads(ctx);
+int thread_count(const Context& ctx) {
+  const int n = ctx.threads > 0 ? ctx.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  spdlog::debug("threads {}; {}", n, ctx.runtime);
+  return n;
 }
 
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moescope/io/report.hpp"
+#include "moescope/metrics/activations.hpp"
 #include "moescope/data/spec.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/progress.hpp"
@@ -20,16 +21,12 @@ struct Context {
   std::string log_level = "info";
   std::string hash = "auto";  // checkpoint hashing: auto, full, header, none
   std::string runtime;        // what main set up (allocator, OpenMP wait policy), logged at debug level
-  char** argv = nullptr;      // main's, for start_torch_work's re-execution
+  char** argv = nullptr;      // main's: the front end hands it to moescope-torch unchanged
+  bool front_end = false;     // the torch-free moescope (torch commands are hand-overs)
 };
 
-/// Sets torch's intra-op threads (and the library's worker count) from ctx.threads; returns the count used. Logs
-/// the count and ctx.runtime at debug level.
-int apply_threads(const Context& ctx);
-/// For subcommands whose work is LibTorch's (training, model evaluation): first runs the program again with
-/// passive OpenMP threads unless it already has them (reexec_with_passive_openmp; called before any OpenMP thread
-/// exists), then apply_threads. Returns the thread count.
-int start_torch_work(const Context& ctx);
+/// The worker count ctx.threads asks for (0: all cores). Logs it and ctx.runtime at debug level.
+int thread_count(const Context& ctx);
 
 /// Provenance for a report on `checkpoint` (hashes it as ctx.hash says).
 Provenance make_provenance(const Context& ctx, const std::string& checkpoint, std::int64_t seed = 0);
@@ -64,17 +61,32 @@ auto with_flags(const std::string& flags, F&& f) {
   return with_input_errors(flags, std::forward<F>(f));
 }
 
+/// The per-layer and pooled weight-vs-activation correlations on stdout (activations --geometry, compare-spaces).
+void print_space_comparison(const std::vector<LayerOverlaps>& in, const SpaceComparison& c);
+
 /// Prints notes the library returned (warnings for the user) through the log.
 void print_notes(const std::vector<std::string>& notes);
 
+/// The subcommands whose work is LibTorch's, with their one-line descriptions. The torch-free front end `moescope`
+/// lists them and hands them to `moescope-torch`; `moescope-torch` runs them itself.
+struct TorchCommand {
+  const char* name;
+  const char* description;
+};
+extern const TorchCommand kTorchCommands[4];
+/// The description of a torch command by name.
+const char* torch_command_description(const std::string& name);
+
+/// Registers every subcommand: the torch-free ones here, and the torch ones as the executable has them
+/// (commands_front.cpp: hand-offs to moescope-torch; commands_torch.cpp: the commands themselves).
+void add_commands(CLI::App& app, Context& ctx);
+/// The torch-free subcommands.
 void add_inspect(CLI::App& app, Context& ctx);
 void add_geometry(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
 void add_correlate(CLI::App& app, Context& ctx);
-void add_train(CLI::App& app, Context& ctx);
-void add_landscape(CLI::App& app, Context& ctx);
-void add_activations(CLI::App& app, Context& ctx);
-void add_hessian(CLI::App& app, Context& ctx);
+void add_compare_spaces(CLI::App& app, Context& ctx);
 void add_plot(CLI::App& app, Context& ctx);
+void add_sweep(CLI::App& app, Context& ctx);
 
 }  // namespace moescope::cli

@@ -1,5 +1,5 @@
-// moescope: a thin shell over the library. Parse flags, call one library function, write one report.
-// Exit codes: 0 ok, 1 internal error, 2 bad usage or bad input.
+// moescope (the torch-free front end) and moescope-torch (every command): a thin shell over the library. Parse
+// flags, call one library function, write one report. Exit codes: 0 ok, 1 internal error, 2 bad usage or bad input.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -8,22 +8,11 @@
 #include <string>
 
 #include "common.hpp"
+#include "moescope/study/runner.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/runtime.hpp"
 #include "moescope/version.hpp"
 
-namespace {
-
-std::string shell_quote(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
-                        std::string::npos)
-    return s;
-  std::string q = "'";
-  for (char c : s) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace moescope;
@@ -33,7 +22,7 @@ int main(int argc, char** argv) {
   ignore_file_size_signal();          // past `ulimit -f`, writes fail with EFBIG and say so
   ctx.runtime += std::string("; OMP_WAIT_POLICY ") +
                  (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset (libgomp's default)");
-  for (int i = 0; i < argc; ++i) ctx.command_line += (i ? " " : "") + shell_quote(argv[i]);
+  ctx.command_line = shell_command(std::vector<std::string>(argv, argv + argc));
 
   CLI::App app{"moescope: what the experts of a Mixture-of-Experts model have learned, and the loss landscape "
                "around it"};
@@ -45,15 +34,19 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", ctx.log_level, "trace, debug, info, warn, error, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
       ->each([](const std::string& v) { spdlog::set_level(spdlog::level::from_str(v)); });
-  cli::add_inspect(app, ctx);
-  cli::add_geometry(app, ctx);
-  cli::add_synth(app, ctx);
-  cli::add_correlate(app, ctx);
-  cli::add_train(app, ctx);
-  cli::add_landscape(app, ctx);
-  cli::add_activations(app, ctx);
-  cli::add_hessian(app, ctx);
-  cli::add_plot(app, ctx);
+  bool check_args = false;
+  app.add_flag("--check-args", check_args, "Parse the command's arguments and exit (what `sweep` checks its analyses with)")
+      ->group("");  // hidden
+  cli::add_commands(app, ctx);
+  // With --check-args a command stops once its arguments have been parsed and validated (the main app's
+  // parse-complete callback runs after validation and before the subcommands' callbacks); the front end still
+  // hands a torch command over, so that moescope-torch checks its arguments.
+  app.parse_complete_callback([&] {
+    if (!check_args) return;
+    for (CLI::App* sub : app.get_subcommands())
+      if (ctx.front_end && *cli::torch_command_description(sub->get_name()) != '\0') return;
+    throw CLI::Success();
+  });
 
   auto logger = spdlog::stderr_color_mt("moescope");
   spdlog::set_default_logger(logger);
@@ -63,7 +56,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::Success& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    // One line, as every other error (CLI11's own printing adds a second line).
+    std::cerr << "moescope: error: " << e.what() << " (see --help)\n";
     return 2;
   } catch (const InputError& e) {
     std::cerr << "moescope: error: " << e.what() << "\n";

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "moescope/io/run.hpp"
 #include "moescope/io/safetensors.hpp"
 #include "moescope/io/torch_pickle.hpp"
 #include "moescope/util/error.hpp"
@@ -49,6 +50,8 @@ ResolvedCheckpoint resolve_checkpoint(const std::string& path) {
     // A folder's model.safetensors is its checkpoint (Hugging Face's name, and a moescope step folder's, beside
     // e.g. OMoE's omoe.safetensors).
     if (fs::is_regular_file(p / "model.safetensors", ec)) return {Kind::Safetensors, (p / "model.safetensors").string()};
+    // A moescope run folder: its latest step's weights.
+    if (Run::is_run(path)) return {Kind::Safetensors, Run::open(path).weights_file()};
     if (auto f = only_file_with(p, {".safetensors.index.json"}); !f.empty()) return {Kind::ShardIndex, f};
     if (auto f = only_file_with(p, {".safetensors"}); !f.empty()) return {Kind::Safetensors, f};
     if (auto f = only_file_with(p, {".pt", ".pth", ".bin"}); !f.empty()) return {Kind::TorchPickle, f};

@@ -12,6 +12,7 @@
 #include "moescope/io/safetensors.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 namespace {
@@ -25,12 +26,6 @@ struct Planned {
   std::string matrix;       // key of the shared component (same for every expert of the layer)
   std::int64_t fan_in = 1;
 };
-
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
-}
 
 std::vector<Planned> plan(const SyntheticCheckpointOptions& o) {
   const std::int64_t H = o.hidden, I = o.intermediate, E = o.experts;
@@ -140,16 +135,16 @@ void fill(const SyntheticCheckpointOptions& o, const Planned& t, std::uint8_t* d
   std::vector<float> buf(static_cast<std::size_t>(n));
   const std::uint64_t base = o.seed * 0x9e3779b97f4a7c15ULL;
   if (t.layer < 0) {
-    Rng r(base ^ fnv1a(t.info.name));
+    Rng r(base ^ fnv1a64(t.info.name));
     for (auto& x : buf) x = static_cast<float>(scale * r.gaussian());
   } else {
-    const std::uint64_t shared = base ^ fnv1a("layer" + std::to_string(t.layer) + "/" + t.matrix);
+    const std::uint64_t shared = base ^ fnv1a64("layer" + std::to_string(t.layer) + "/" + t.matrix);
     if (t.experts_fused > 0) {
       const std::int64_t per = n / t.experts_fused;
       for (int e = 0; e < t.experts_fused; ++e)
-        fill_expert(shared, shared ^ fnv1a("expert" + std::to_string(e)), o.rho, scale, per, buf.data() + e * per);
+        fill_expert(shared, shared ^ fnv1a64("expert" + std::to_string(e)), o.rho, scale, per, buf.data() + e * per);
     } else {
-      fill_expert(shared, shared ^ fnv1a("expert" + std::to_string(t.expert)), o.rho, scale, n, buf.data());
+      fill_expert(shared, shared ^ fnv1a64("expert" + std::to_string(t.expert)), o.rho, scale, n, buf.data());
     }
   }
   convert_from_f32(o.dtype, buf.data(), buf.size(), dst);
@@ -212,13 +207,7 @@ void write_synthetic_checkpoint(const std::string& path, const SyntheticCheckpoi
   }
   const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   const std::string index_path = (fs::path(path) / "model.safetensors.index.json").string();
-  {
-    std::ofstream f(index_path + ".tmp");
-    f << index.dump(2) << "\n";
-    if (!f) fail_input(index_path, "cannot write");
-  }
-  fs::rename(index_path + ".tmp", index_path, ec);
-  if (ec) fail_input(index_path, "cannot rename: " + ec.message());
+  write_file_atomic(index_path, index.dump(2) + "\n");
 }
 
 }  // namespace moescope

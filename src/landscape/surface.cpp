@@ -18,6 +18,7 @@
 
 #include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 namespace {
@@ -30,15 +31,6 @@ std::string g17(double v) {
   return buf;
 }
 
-// FNV-1a 64: a torn or damaged journal line fails its check and is recomputed.
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
 
 std::string hex16(std::uint64_t v) {
   char buf[17];
@@ -253,7 +245,7 @@ Surface compute_surface(Perturbation& perturbation, const PointEvaluator& evalua
         // "p I J v1 .. vK #HASH": a line that is torn (the run was killed while writing it) or damaged fails
         // the check and its point is computed again.
         const auto hash_at = line.rfind(" #");
-        if (hash_at == std::string::npos || line.substr(hash_at + 2) != hex16(fnv1a(line.substr(0, hash_at))))
+        if (hash_at == std::string::npos || line.substr(hash_at + 2) != hex16(fnv1a64(line.substr(0, hash_at))))
           continue;
         std::istringstream f(line.substr(0, hash_at));
         std::vector<std::string> tok;
@@ -295,7 +287,7 @@ Surface compute_surface(Perturbation& perturbation, const PointEvaluator& evalua
       if (journal) {
         std::string line = "p " + std::to_string(i) + " " + std::to_string(j);
         for (double x : v) line += " " + g17(x);
-        journal->append(line + " #" + hex16(fnv1a(line)) + "\n");
+        journal->append(line + " #" + hex16(fnv1a64(line)) + "\n");
       }
       for (std::size_t m = 0; m < nm; ++m) s.values[m][idx] = v[m];
       s.computed[idx] = 1;

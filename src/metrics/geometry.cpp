@@ -1,88 +1,176 @@
 #include "moescope/metrics/geometry.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <thread>
 
 #include <Eigen/Dense>
 
 #include "moescope/io/report.hpp"
+#include "moescope/io/safetensors.hpp"
+#include "moescope/metrics/gram_kernel.hpp"
 #include "moescope/util/error.hpp"
-#include "moescope/util/multiversion.hpp"
 
 namespace moescope {
 namespace {
 
-// Per-thread partial sums over a slice of the coordinates.
-struct Partial {
-  Eigen::MatrixXd gram;
-  double var_sum = 0;  // sum over coordinates of the unbiased variance across experts
+// Coordinates per task: the unit handed to a thread and the unit of the summation order. Each task's sums come
+// from a fresh GramKernel (fixed lanes, see gram_kernel.hpp) and the tasks are added in coordinate order,
+// whichever thread ran them, so the result has the same bits for every thread count and block size.
+constexpr std::int64_t kTaskCoordinates = 1 << 16;
+
+// One role (matrix) of every expert.
+struct RolePlan {
+  std::vector<const MatrixView*> views;
+  std::int64_t n = 0;  // coordinates per expert
+  // Direct: every view is a contiguous run of a dtype the kernel decodes (F8 without block scales), read in
+  // place from the source's bytes; otherwise read_view_f64 stages float64 values (strided views, scaled F8,
+  // integers), which also gives read_view_f64's messages for views outside their tensor.
+  bool direct = false;
+  DType dtype = DType::F32;
+  std::vector<const std::uint8_t*> first;  // direct: each expert's first byte
 };
 
-// The hot loop: for a row-major block x[E_pad][n] (rows >= E zero), adds x x^T to gram (E_pad x E_pad, row-major,
-// lower triangle) and returns the sum over columns of the squared deviations from the column mean over the
-// first E rows. Written as fixed 4-wide lanes in a fixed order so that it vectorises without reassociation:
-// both instruction-set clones do the same IEEE operations in the same order (no FMA contraction under
-// -std=c++17), so they are meant to give the same bits; only the AVX2 path is exercised on this project's CI.
-MOESCOPE_MULTIVERSION
-double gram_kernel(const double* x, std::int64_t e_pad, std::int64_t E, std::int64_t n, double* gram, double* mean) {
-  const std::int64_t n4 = n - n % 4;
-  for (std::int64_t i0 = 0; i0 < e_pad; i0 += 4)
-    for (std::int64_t j0 = 0; j0 <= i0; j0 += 4) {
-      double acc[4][4][4] = {};
-      for (std::int64_t c = 0; c < n4; c += 4)
-        for (int p = 0; p < 4; ++p)
-          for (int q = 0; q < 4; ++q)
-            for (int l = 0; l < 4; ++l) acc[p][q][l] += x[(i0 + p) * n + c + l] * x[(j0 + q) * n + c + l];
-      for (int p = 0; p < 4; ++p)
-        for (int q = 0; q < 4; ++q) {
-          double s = (acc[p][q][0] + acc[p][q][1]) + (acc[p][q][2] + acc[p][q][3]);
-          for (std::int64_t c = n4; c < n; ++c) s += x[(i0 + p) * n + c] * x[(j0 + q) * n + c];
-          gram[(i0 + p) * e_pad + (j0 + q)] += s;
-        }
-    }
-  if (E < 2) return 0.0;
-  for (std::int64_t c = 0; c < n; ++c) mean[c] = 0.0;
-  for (std::int64_t e = 0; e < E; ++e)
-    for (std::int64_t c = 0; c < n; ++c) mean[c] += x[e * n + c];
-  for (std::int64_t c = 0; c < n; ++c) mean[c] /= static_cast<double>(E);
-  double acc[4] = {0, 0, 0, 0};
-  for (std::int64_t e = 0; e < E; ++e) {
-    for (std::int64_t c = 0; c < n4; c += 4)
-      for (int l = 0; l < 4; ++l) {
-        const double d = x[e * n + c + l] - mean[c + l];
-        acc[l] += d * d;
-      }
-    for (std::int64_t c = n4; c < n; ++c) {
-      const double d = x[e * n + c] - mean[c];
-      acc[0] += d * d;
-    }
+RolePlan plan_role(const TensorSource& src, const MoELayerLayout& layer, const std::string& role) {
+  RolePlan r;
+  for (const auto& e : layer.experts) {
+    r.views.push_back(e.find(role));
+    if (!r.views.back())
+      fail_input(src.path(), layer.key + ": expert " + std::to_string(e.index) + " has no '" + role + "' matrix");
   }
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  r.n = r.views.front()->numel();
+  for (const MatrixView* v : r.views)
+    if (v->numel() != r.n)
+      fail_input(src.path(), layer.key + ": experts' '" + role + "' matrices differ in size (" +
+                                 std::to_string(r.n) + " and " + std::to_string(v->numel()) + " elements)");
+  r.direct = true;
+  for (const MatrixView* v : r.views) {
+    const TensorInfo& info = src.at(v->tensor);
+    const bool scaled_f8 = (info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2) &&
+                           src.find(v->tensor + "_scale_inv") != nullptr;
+    const bool inside = v->rows >= 0 && v->cols >= 0 && v->offset >= 0 && v->offset <= info.numel() &&
+                        v->numel() <= info.numel() - v->offset;
+    if (!gram_kernel_reads(info.dtype) || scaled_f8 || !v->contiguous() || !inside ||
+        (v != r.views.front() && info.dtype != r.dtype)) {
+      r.direct = false;
+      r.first.clear();
+      break;
+    }
+    r.dtype = info.dtype;
+    const ByteView bytes = src.raw(v->tensor);
+    if (bytes.size != info.nbytes())
+      fail_input(src.file_of(v->tensor), "tensor '" + v->tensor + "': " + std::to_string(bytes.size) +
+                                             " bytes for shape " + shape_string(info.shape));
+    r.first.push_back(bytes.data + static_cast<std::size_t>(v->offset) * dtype_size(info.dtype));
+  }
+  return r;
 }
 
-// Accumulates coordinates [first, last) of one role into p, reading `chunk` elements per expert at a time.
-// The block is row-major (one expert per row, padded with zero rows to a multiple of 4), so each expert's chunk
-// is converted straight into place, and it is sized to stay in cache for the Gram and variance passes.
-void accumulate(const TensorSource& src, const std::vector<const MatrixView*>& views, std::int64_t first,
-                std::int64_t last, std::int64_t chunk, Partial& p) {
-  const auto E = static_cast<std::int64_t>(views.size());
-  const std::int64_t e_pad = (E + 3) / 4 * 4;
-  std::vector<double> block(static_cast<std::size_t>(e_pad * chunk), 0.0), mean(static_cast<std::size_t>(chunk));
-  std::vector<double> gram(static_cast<std::size_t>(e_pad * e_pad), 0.0);
-  for (std::int64_t at = first; at < last; at += chunk) {
-    const std::int64_t n = std::min(chunk, last - at);  // rows of the block are n apart for this chunk
-    for (std::int64_t e = 0; e < E; ++e)
-      read_view_f64(src, *views[static_cast<std::size_t>(e)], at, n, block.data() + e * n);
-    if (n < chunk)  // the last, short chunk: the zero padding rows must sit at the new row spacing
-      std::fill(block.begin() + E * n, block.begin() + e_pad * n, 0.0);
-    const double v = gram_kernel(block.data(), e_pad, E, n, gram.data(), mean.data());
-    if (E > 1) p.var_sum += v / static_cast<double>(E - 1);
+struct Task {
+  std::size_t role = 0;
+  std::int64_t first = 0, count = 0;
+};
+
+// Asks the kernel to read a memory-mapped checkpoint ahead of the workers: madvise(MADV_WILLNEED) on each
+// expert's strip of the next tasks, in task order, up to `window` tasks past the oldest unfinished one. WILLNEED
+// queues the reads and returns, so on a cold cache the disk works on the next strips while the workers sum the
+// current ones, instead of every worker stopping at page faults; on a warm cache it costs a page-cache lookup
+// per page. Pages are not mapped here, so resident memory does not grow.
+class Readahead {
+ public:
+  Readahead(const std::vector<RolePlan>& roles, const std::vector<Task>& tasks, std::size_t window)
+      : roles_(roles), tasks_(tasks), window_(window) {
+    thread_ = std::thread([this] { run(); });
   }
-  for (std::int64_t i = 0; i < E; ++i)
-    for (std::int64_t j = 0; j <= i; ++j) p.gram(i, j) += gram[static_cast<std::size_t>(i * e_pad + j)];
+  ~Readahead() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Readahead(const Readahead&) = delete;
+  Readahead& operator=(const Readahead&) = delete;
+
+  /// Tasks [0, folded) are finished.
+  void advance(std::size_t folded) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      folded_ = folded;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void run() {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    for (std::size_t k = 0; k < tasks_.size();) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || k < folded_ + window_; });
+        if (stop_) return;
+      }
+      // consecutive tasks of one role, about 1 MiB per expert: large requests, as a sequential read makes
+      const RolePlan& r = roles_[tasks_[k].role];
+      const std::size_t es = dtype_size(r.dtype);
+      std::size_t end = k + 1;
+      std::int64_t count = tasks_[k].count;
+      while (end < tasks_.size() && tasks_[end].role == tasks_[k].role && static_cast<double>(count) * es < 1e6)
+        count += tasks_[end++].count;
+      for (const std::uint8_t* first : r.first) {
+        const auto a = reinterpret_cast<std::uintptr_t>(first + static_cast<std::size_t>(tasks_[k].first) * es);
+        const std::uintptr_t b = a + static_cast<std::size_t>(count) * es, a0 = a / page * page;
+        ::madvise(reinterpret_cast<void*>(a0), b - a0, MADV_WILLNEED);  // a hint: failure changes nothing
+      }
+      k = end;
+    }
+  }
+
+  const std::vector<RolePlan>& roles_;
+  const std::vector<Task>& tasks_;
+  const std::size_t window_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::size_t folded_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Sums one task with `kernel` (whose lanes are empty); `staging` holds E x kernel.block() doubles.
+GramSums run_task(const TensorSource& src, const RolePlan& r, const Task& t, GramKernel& kernel,
+                  std::vector<double>& staging) {
+  const auto E = static_cast<std::int64_t>(r.views.size());
+  if (r.direct) {
+    const std::size_t es = dtype_size(r.dtype);
+    std::vector<const std::uint8_t*> rows(r.first.size());
+    for (std::size_t e = 0; e < rows.size(); ++e) rows[e] = r.first[e] + static_cast<std::size_t>(t.first) * es;
+    kernel.add(r.dtype, rows.data(), t.count);
+    return kernel.take();
+  }
+  // Staged: pieces of one kernel segment, so that the lanes see the same sequence as one add() over the task.
+  const std::int64_t piece = GramKernel::kSegment;
+  staging.resize(static_cast<std::size_t>(E * piece));
+  std::vector<const double*> rows(static_cast<std::size_t>(E));
+  for (std::int64_t at = t.first; at < t.first + t.count; at += piece) {
+    const std::int64_t n = std::min(piece, t.first + t.count - at);
+    for (std::int64_t e = 0; e < E; ++e) {
+      double* row = staging.data() + e * piece;
+      read_view_f64(src, *r.views[static_cast<std::size_t>(e)], at, n, row);
+      rows[static_cast<std::size_t>(e)] = row;
+    }
+    kernel.add(rows.data(), n);
+  }
+  return kernel.take();
 }
 
 // The first NaN or infinity among an expert's chosen matrices, as an InputError naming the tensor and the element
@@ -171,51 +259,90 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   }
 
   const auto E = static_cast<Eigen::Index>(g.experts);
-  const int threads = std::max(1, opts.threads);
-  const std::int64_t chunk =
-      opts.chunk > 0 ? opts.chunk : std::max<std::int64_t>(256, (1 << 15) / E);  // ~256 KiB block: stays in L2
-  std::vector<Partial> parts(static_cast<std::size_t>(threads));
-  for (auto& p : parts) p.gram = Eigen::MatrixXd::Zero(E, E);
-
+  std::vector<RolePlan> roles;
+  std::vector<Task> tasks;
   for (const auto& role : g.roles) {
-    std::vector<const MatrixView*> views;
-    for (const auto& e : layer.experts) views.push_back(e.find(role));
-    const std::int64_t n = views.front()->numel();
+    roles.push_back(plan_role(src, layer, role));
+    const std::int64_t n = roles.back().n;
     g.dim += n;
-    // static partition into `threads` contiguous ranges, reduced in thread order: deterministic per thread count
-    std::vector<std::thread> pool;
-    std::exception_ptr error;
-    std::mutex error_mu;
-    for (int t = 0; t < threads; ++t) {
-      const std::int64_t a = n * t / threads, b = n * (t + 1) / threads;
-      auto work = [&, a, b, t] {
-        try {
-          accumulate(src, views, a, b, chunk, parts[static_cast<std::size_t>(t)]);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(error_mu);
-          if (!error) error = std::current_exception();
-        }
-      };
-      if (threads == 1) work(); else pool.emplace_back(work);
-    }
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
-    for (const auto* v : views) src.release(v->tensor);  // keep resident memory to about one layer
+    for (std::int64_t at = 0; at < n; at += kTaskCoordinates)
+      tasks.push_back(Task{roles.size() - 1, at, std::min(kTaskCoordinates, n - at)});
   }
+  // A tensor's pages may be dropped once the last role that reads it is summed (keeps resident memory to
+  // about one role of one layer).
+  std::vector<std::vector<std::string>> release_after(roles.size());
+  for (std::size_t r = 0; r < roles.size(); ++r)
+    for (const MatrixView* v : roles[r].views) {
+      bool later = false;
+      for (std::size_t q = r + 1; q < roles.size() && !later; ++q)
+        for (const MatrixView* w : roles[q].views) later = later || w->tensor == v->tensor;
+      if (!later) release_after[r].push_back(v->tensor);
+    }
 
   if (g.dim == 0) {
-    std::string roles;
-    for (const auto& r : g.roles) roles += (roles.empty() ? "" : ",") + r;
-    fail_input(src.path(), layer.key + ": the experts' chosen matrices (" + roles +
+    std::string names;
+    for (const auto& r : g.roles) names += (names.empty() ? "" : ",") + r;
+    fail_input(src.path(), layer.key + ": the experts' chosen matrices (" + names +
                                ") hold no values (zero-size tensors): there is nothing to compare");
   }
-  g.gram = Eigen::MatrixXd::Zero(E, E);
-  double var_sum = 0;
-  for (const auto& p : parts) {
-    g.gram += p.gram;
-    var_sum += p.var_sum;
+  // Threads take tasks in order; finished tasks are added to the total strictly in task order.
+  GramSums total(g.experts);
+  std::map<std::size_t, GramSums> done;  // finished, waiting for their turn
+  std::size_t next_fold = 0;
+  std::atomic<std::size_t> next_task{0};
+  std::atomic<bool> stop{false};
+  std::exception_ptr error;
+  std::mutex mu;
+  // Read ahead about 32 MiB of a memory-mapped file (only roles read in place: staged ones go through
+  // read_view_f64, whose reads are not strips).
+  std::unique_ptr<Readahead> readahead;
+  const bool mapped = dynamic_cast<const SafetensorsFile*>(&src) || dynamic_cast<const ShardedSafetensors*>(&src);
+  if (mapped && std::all_of(roles.begin(), roles.end(), [](const RolePlan& r) { return r.direct; })) {
+    const double task_bytes = static_cast<double>(kTaskCoordinates) * static_cast<double>(E) *
+                              static_cast<double>(dtype_size(roles.front().dtype));
+    readahead = std::make_unique<Readahead>(roles, tasks, static_cast<std::size_t>(std::max(2.0, 32e6 / task_bytes)));
   }
-  g.gram = g.gram.selfadjointView<Eigen::Lower>();
+  const auto worker = [&] {
+    try {
+      GramKernel kernel(g.experts, opts.chunk);
+      std::vector<double> staging;
+      for (std::size_t k; !stop.load(std::memory_order_relaxed) && (k = next_task.fetch_add(1)) < tasks.size();) {
+        GramSums s = run_task(src, roles[tasks[k].role], tasks[k], kernel, staging);
+        std::lock_guard<std::mutex> lock(mu);
+        done.emplace(k, std::move(s));
+        const std::size_t before = next_fold;
+        for (auto it = done.find(next_fold); it != done.end(); it = done.find(next_fold)) {
+          total.add(it->second);
+          done.erase(it);
+          const std::size_t r = tasks[next_fold].role;
+          ++next_fold;
+          if (next_fold == tasks.size() || tasks[next_fold].role != r)
+            for (const auto& t : release_after[r]) src.release(t);
+        }
+        if (readahead && next_fold != before) readahead->advance(next_fold);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      stop = true;
+    }
+  };
+  const int threads =
+      static_cast<int>(std::min<std::size_t>(std::max(1, opts.threads), std::max<std::size_t>(1, tasks.size())));
+  std::vector<std::thread> pool;
+  try {
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  } catch (...) {  // could not start a thread: stop the others before unwinding
+    stop = true;
+    for (auto& th : pool) th.join();
+    throw;
+  }
+  worker();
+  for (auto& th : pool) th.join();
+  readahead.reset();
+  if (error) std::rethrow_exception(error);
+
+  g.gram = total.gram_matrix();
   // A NaN or infinity anywhere in an expert's vector makes its squared norm non-finite: name the element.
   for (Eigen::Index e = 0; e < E; ++e) {
     if (std::isfinite(g.gram(e, e))) continue;
@@ -223,6 +350,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
     for (const auto& role : g.roles) views.push_back(layer.experts[static_cast<std::size_t>(e)].find(role));
     fail_non_finite(src, layer.key, layer.experts[static_cast<std::size_t>(e)].index, views);
   }
+  const double sq_dev = total.sq_dev;
   g.overlap = overlap_from_gram(g.gram);
   for (Eigen::Index e = 0; e < E; ++e) {
     if (g.gram(e, e) > 0) continue;
@@ -239,7 +367,7 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   g.mean_norm = 0;
   for (double x : g.norms) g.mean_norm += x / static_cast<double>(E);
   const double D = static_cast<double>(g.dim);
-  g.param_variance = var_sum / D;
+  g.param_variance = sq_dev / static_cast<double>(E - 1) / D;
   // on unit vectors (the K experts that have one): sum_c var_c(u) = (K - sum_ij overlap_ij / K) / (K - 1)
   const double K = static_cast<double>(E) - static_cast<double>(g.zero_experts.size());
   double osum = 0;

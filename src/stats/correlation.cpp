@@ -123,18 +123,23 @@ CorrelationReport correlate(std::vector<double> x, std::vector<double> y, std::s
   return r;
 }
 
+void write_coefficients(ReportWriter& w, const std::string& group, const Correlation& pearson,
+                        const Correlation& spearman) {
+  w.write_scalar(group + "/pearson_r", pearson.r);
+  w.write_scalar(group + "/pearson_p", pearson.p);
+  w.write_scalar(group + "/spearman_rho", spearman.r);
+  w.write_scalar(group + "/spearman_p", spearman.p);
+  w.write_scalar(group + "/ci_low", pearson.ci_low);
+  w.write_scalar(group + "/ci_high", pearson.ci_high);
+  w.write_scalar(group + "/spearman_ci_low", spearman.ci_low);
+  w.write_scalar(group + "/spearman_ci_high", spearman.ci_high);
+}
+
 void write_correlation(ReportWriter& w, const CorrelationReport& c, const std::string& group) {
   const auto n = c.x.size();
   w.write(group + "/x", c.x, {n});
   w.write(group + "/y", c.y, {n});
-  w.write_scalar(group + "/pearson_r", c.pearson.r);
-  w.write_scalar(group + "/pearson_p", c.pearson.p);
-  w.write_scalar(group + "/spearman_rho", c.spearman.r);
-  w.write_scalar(group + "/spearman_p", c.spearman.p);
-  w.write_scalar(group + "/ci_low", c.pearson.ci_low);
-  w.write_scalar(group + "/ci_high", c.pearson.ci_high);
-  w.write_scalar(group + "/spearman_ci_low", c.spearman.ci_low);
-  w.write_scalar(group + "/spearman_ci_high", c.spearman.ci_high);
+  write_coefficients(w, group, c.pearson, c.spearman);
   w.set_attr(group, "x_path", c.x_name);
   w.set_attr(group, "y_path", c.y_name);
   w.set_attr(group, "n", static_cast<std::int64_t>(n));

@@ -19,6 +19,7 @@
 #include "moescope/util/json.hpp"
 #include "moescope/util/random.hpp"
 #include "moescope/version.hpp"
+#include "moescope/util/files.hpp"
 
 namespace fs = std::filesystem;
 
@@ -272,16 +273,6 @@ struct Log {
   }
 };
 
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.flush()) fail_input(tmp.string(), "cannot write");
-  }
-  fs::rename(tmp, path);
-}
-
 std::map<std::string, torch::Tensor> load_tensor_map(const fs::path& path) {
   const SafetensorsFile file(path.string());
   std::map<std::string, torch::Tensor> out;
@@ -423,7 +414,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
   } else if (fs::exists(run_dir / "config.json") && !latest_step_dir(run_dir.string(), "state.json").empty()) {
     fail_input(run_dir.string(), "already holds a run; use --resume to continue it or choose another name");
   }
-  write_text_atomic(run_dir / "config.json", config_json.dump(2) + "\n");
+  write_file_atomic((run_dir / "config.json").string(), config_json.dump(2) + "\n");
   result.first_step = start;
 
   auto checkpoint = [&](std::int64_t steps_done) {
@@ -434,19 +425,21 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     fs::create_directories(tmp);
     save_module_weights(model.module(), (tmp / "model.safetensors").string(),
                  {{"moescope_run", config.name}, {"step", std::to_string(steps_done)}});
-    write_text_atomic(tmp / "config.json", config_json.dump(2) + "\n");
+    write_file_atomic((tmp / "config.json").string(), config_json.dump(2) + "\n");
     save_optimizer(*optimizer, (tmp / "optimizer.pt").string());
     if (omoe) {
       const auto state = omoe->state();
       write_tensor_map((tmp / "omoe.safetensors").string(), {state.begin(), state.end()}, /*float64=*/true);
     }
-    write_text_atomic(tmp / "state.json",
+    write_file_atomic((tmp / "state.json").string(),
                       nlohmann::json{{"step", steps_done}, {"total_steps", total_steps}, {"seed", config.seed},
                                      {"moescope_version", kVersion}, {"run_format", kRunFormat}}
                           .dump(2));
+    // The log first: a run killed between the two has a log ahead of its last checkpoint (a resume truncates it),
+    // never a checkpoint ahead of its log (a finished run would then lack its final evaluation).
+    log.write(log_path.string(), prov, config, total_steps);
     fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
-    log.write(log_path.string(), prov, config, total_steps);
     result.last_checkpoint = final_dir.string();
     times.checkpoint += seconds_since(t0);
   };

@@ -1,4 +1,5 @@
 #include "moescope/util/json.hpp"
+#include "moescope/util/files.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -16,25 +17,7 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   }
 }
 
-void write_json_file(const std::string& path, const nlohmann::json& j) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) fail_input(path, "cannot write (is the folder there and writable?)");
-    out << j.dump(2) << "\n";
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      fail_input(path, "write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    fail_input(path, "cannot rename " + tmp + ": " + ec.message());
-  }
-}
+void write_json_file(const std::string& path, const nlohmann::json& j) { write_file_atomic(path, j.dump(2) + "\n"); }
 
 nlohmann::json::json_pointer json_path(const std::string& key) {
   std::string p = key;

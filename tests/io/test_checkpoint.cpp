@@ -18,13 +18,7 @@ namespace {
 
 using testing::TempDir;
 
-void write_weights(const std::string& path) {
-  const float w[2] = {1.0f, 2.0f};
-  TensorToWrite t;
-  t.info = TensorInfo{"w", DType::F32, {2}};
-  t.data = w;
-  write_safetensors(path, {t});
-}
+void write_weights(const std::string& path) { testing::write_small_safetensors(path); }
 
 TEST(Checkpoint, ResolveAndHash) {
   TempDir dir;

@@ -16,13 +16,7 @@ using moescope::testing::write_text;
 
 namespace {
 
-void write_weights(const std::string& path) {
-  const float w[2] = {1.0f, 2.0f};
-  TensorToWrite t;
-  t.info = TensorInfo{"w", DType::F32, {2}};
-  t.data = w;
-  write_safetensors(path, {t});
-}
+void write_weights(const std::string& path) { moescope::testing::write_small_safetensors(path); }
 
 // NAME/config.json and NAME/step_N/model.safetensors for each N.
 std::string make_run(const TempDir& dir, const std::vector<int>& steps) {

@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
+#include "moescope/io/safetensors.hpp"
 #include "moescope/metrics/geometry.hpp"
 #include "moescope/util/error.hpp"
 #include "support/fixtures.hpp"
@@ -222,6 +224,207 @@ TEST(Geometry, MeanSquaredOverlapLeavingExpertsOut) {
   EXPECT_DOUBLE_EQ(mean_squared_overlap(o, {}), mean_squared_overlap(o));
   EXPECT_DOUBLE_EQ(mean_squared_overlap(o, {0}), 0.04);
   EXPECT_TRUE(std::isnan(mean_squared_overlap(o, {0, 2})));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Streaming and threading (metrics/gram_kernel.hpp): the result's bits depend on nothing but the data.
+
+// E experts, each with "up" [up_rows x cols] and "down" [down_rows x cols] of dtype t, values from `draw`.
+struct TypedLayer {
+  MemoryTensorSource src{"memory"};
+  MoELayerLayout layer;
+  std::vector<std::vector<double>> values;  // decoded, per expert, in role order (down, up)
+  template <typename Draw>
+  TypedLayer(int E, std::int64_t up_rows, std::int64_t down_rows, std::int64_t cols, DType t, Draw&& draw) {
+    layer.key = "layer_00";
+    values.resize(static_cast<std::size_t>(E));
+    for (int e = 0; e < E; ++e) {
+      ExpertLayout ex;
+      ex.index = e;
+      for (auto [role, rows] : {std::pair{std::string("down"), down_rows}, std::pair{std::string("up"), up_rows}}) {
+        std::vector<float> f(static_cast<std::size_t>(rows * cols));
+        for (auto& x : f) x = draw();
+        std::vector<std::uint8_t> bytes(f.size() * dtype_size(t));
+        convert_from_f32(t, f.data(), f.size(), bytes.data());
+        std::vector<double> v(f.size());
+        convert_to_f64(t, bytes.data(), v.size(), v.data());
+        values[static_cast<std::size_t>(e)].insert(values[static_cast<std::size_t>(e)].end(), v.begin(), v.end());
+        const std::string name = "e." + std::to_string(e) + "." + role;
+        src.add(TensorInfo{name, t, {rows, cols}}, std::move(bytes));
+        ex.matrices.push_back(MatrixView{role, name, rows, cols, 0, cols, 1});
+      }
+      layer.experts.push_back(ex);
+    }
+  }
+};
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+void expect_same_bits(const LayerGeometry& a, const LayerGeometry& b, const std::string& what) {
+  ASSERT_EQ(a.gram.rows(), b.gram.rows()) << what;
+  for (Eigen::Index i = 0; i < a.gram.rows(); ++i)
+    for (Eigen::Index j = 0; j < a.gram.cols(); ++j)
+      EXPECT_TRUE(same_bits(a.gram(i, j), b.gram(i, j))) << what << " gram(" << i << "," << j << ")";
+  EXPECT_TRUE(same_bits(a.mso, b.mso)) << what;
+  EXPECT_TRUE(same_bits(a.param_variance, b.param_variance)) << what;
+  EXPECT_EQ(a.dim, b.dim) << what;
+}
+
+TEST(Geometry, ThreadCountAndBlockSizeDoNotChangeTheBits) {
+  // 170,000 coordinates: three tasks of 65,536 and more across the two roles, so the in-order reduction matters.
+  std::mt19937 rng(21);
+  std::normal_distribution<float> n(0.1f, 1.f);
+  TypedLayer f(5, 300, 200, 340, DType::BF16, [&] { return n(rng); });
+  const auto ref = expert_geometry(f.src, f.layer, {});
+  EXPECT_EQ(ref.dim, 170000);
+  for (int threads : {1, 2, 3, 4, 8})
+    for (std::int64_t chunk : {0, 8, 200, 5000}) {
+      GeometryOptions o;
+      o.threads = threads;
+      o.chunk = chunk;
+      expect_same_bits(expert_geometry(f.src, f.layer, o), ref,
+                       "threads " + std::to_string(threads) + " chunk " + std::to_string(chunk));
+    }
+}
+
+TEST(Geometry, MatchesALongDoubleReferenceWithACommonOffset) {
+  // float32 experts 3 + 0.05 z over 125,000 coordinates: tolerances are the kernel's bound (gram_kernel.hpp),
+  // depth = 512 + 31 + 3 -> 6e-14 relative, plus the few roundings of the final formulas: 1e-12 relative.
+  std::mt19937 rng(8);
+  std::normal_distribution<float> n(0.f, 1.f);
+  const int E = 6;
+  TypedLayer f(E, 250, 250, 250, DType::F32, [&] { return 3.f + 0.05f * n(rng); });
+  GeometryOptions o;
+  o.threads = 2;
+  const auto g = expert_geometry(f.src, f.layer, o);
+  const auto D = static_cast<std::size_t>(g.dim);
+  long double var = 0;
+  std::vector<std::vector<long double>> gram(E, std::vector<long double>(E, 0));
+  for (std::size_t c = 0; c < D; ++c) {
+    long double m = 0;
+    for (int e = 0; e < E; ++e) m += f.values[e][c];
+    m /= E;
+    for (int e = 0; e < E; ++e) {
+      var += (f.values[e][c] - m) * (f.values[e][c] - m);
+      for (int k = 0; k < E; ++k) gram[e][k] += static_cast<long double>(f.values[e][c]) * f.values[k][c];
+    }
+  }
+  const double ref_var = static_cast<double>(var / (E - 1) / static_cast<long double>(D));
+  EXPECT_NEAR(g.param_variance, ref_var, 1e-12 * ref_var);
+  for (int i = 0; i < E; ++i)
+    for (int j = 0; j < E; ++j) EXPECT_NEAR(g.gram(i, j), static_cast<double>(gram[i][j]), 1e-12 * g.gram(i, j));
+}
+
+TEST(Geometry, StagedAndInPlaceReadsGiveTheSameBits) {
+  // The same bf16 values as per-expert tensors (read in place) and as one fused tensor whose columns interleave
+  // gate and up (strided views: staged through read_view_f64): products are exact, so the bits agree.
+  const int E = 3;
+  const std::int64_t rows = 150, cols = 500;  // 75,000 coordinates: two tasks
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n;
+  std::vector<float> fused(static_cast<std::size_t>(E * rows * 2 * cols));
+  for (auto& x : fused) x = n(rng);
+  MemoryTensorSource fused_src("fused"), plain_src("plain");
+  fused_src.add(TensorInfo{"gate_up", DType::BF16, {E, rows, 2 * cols}}, testing::bf16_bytes(fused));
+  MoELayerLayout fused_layer, plain_layer;
+  fused_layer.key = plain_layer.key = "layer_00";
+  for (int e = 0; e < E; ++e) {
+    ExpertLayout fe, pe;
+    fe.index = pe.index = e;
+    for (int k = 0; k < 2; ++k) {
+      const std::string role = k == 0 ? "gate" : "up";
+      fe.matrices.push_back(MatrixView{role, "gate_up", rows, cols, e * rows * 2 * cols + k, 2 * cols, 2});
+      std::vector<float> part(static_cast<std::size_t>(rows * cols));
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = 0; c < cols; ++c)
+          part[static_cast<std::size_t>(r * cols + c)] =
+              fused[static_cast<std::size_t>(e * rows * 2 * cols + r * 2 * cols + 2 * c + k)];
+      const std::string name = "e." + std::to_string(e) + "." + role;
+      plain_src.add(TensorInfo{name, DType::BF16, {rows, cols}}, testing::bf16_bytes(part));
+      pe.matrices.push_back(MatrixView{role, name, rows, cols, 0, cols, 1});
+    }
+    fused_layer.experts.push_back(fe);
+    plain_layer.experts.push_back(pe);
+  }
+  GeometryOptions o;
+  o.threads = 2;
+  expect_same_bits(expert_geometry(fused_src, fused_layer, o), expert_geometry(plain_src, plain_layer, o), "fused");
+}
+
+TEST(Geometry, SafetensorsAtOddByteOffsetsMatchMemory) {
+  // A 3-byte tensor first puts every expert tensor of the file at an odd offset: the kernel reads unaligned.
+  std::mt19937 rng(13);
+  std::normal_distribution<float> n;
+  TypedLayer f(4, 70, 60, 33, DType::BF16, [&] { return n(rng); });
+  std::vector<std::vector<std::uint8_t>> keep;
+  std::vector<TensorToWrite> tensors;
+  const std::vector<std::uint8_t> pad = {1, 2, 3};
+  tensors.push_back(TensorToWrite{TensorInfo{"a.pad", DType::U8, {3}}, pad.data()});
+  for (const auto& t : f.src.tensors()) tensors.push_back(TensorToWrite{t, f.src.raw(t.name).data});
+  testing::TempDir dir;
+  const std::string path = dir.file("odd.safetensors");
+  write_safetensors(path, tensors);
+  SafetensorsFile file(path);
+  for (const auto& e : file.header().entries)
+    if (e.info.name != "a.pad") {
+      EXPECT_EQ(e.begin % 2, 1u) << e.info.name;
+    }
+  GeometryOptions o;
+  o.threads = 3;
+  expect_same_bits(expert_geometry(file, f.layer, o), expert_geometry(f.src, f.layer, {}), "file");
+}
+
+TEST(Geometry, MixedDtypesAndScaledFp8AreReadThroughFloat64) {
+  // Expert 0 stored as float32, the others as bf16 (the same values): the layer is read through read_view_f64.
+  // And an FP8 E4M3 expert with DeepSeek block scales must be dequantised. References: read_f64's values.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n;
+  const std::int64_t rows = 130, cols = 140;  // two 128-row scale blocks
+  MemoryTensorSource src("mixed");
+  MoELayerLayout layer;
+  layer.key = "layer_00";
+  std::vector<std::vector<float>> vals(3, std::vector<float>(static_cast<std::size_t>(rows * cols)));
+  for (auto& v : vals)
+    for (auto& x : v) x = n(rng);
+  for (int e = 0; e < 3; ++e) {
+    const std::string name = "e." + std::to_string(e) + ".up";
+    if (e == 0) {
+      src.add(TensorInfo{name, DType::F32, {rows, cols}}, testing::f32_bytes(vals[0]));
+    } else if (e == 1) {
+      src.add(TensorInfo{name, DType::BF16, {rows, cols}}, testing::bf16_bytes(vals[1]));
+    } else {
+      std::vector<std::uint8_t> q(static_cast<std::size_t>(rows * cols));
+      for (std::size_t k = 0; k < q.size(); ++k) q[k] = static_cast<std::uint8_t>(rng() & 0x77u);  // finite
+      src.add(TensorInfo{name, DType::F8_E4M3, {rows, cols}}, q);
+      src.add(TensorInfo{name + "_scale_inv", DType::F32, {2, 2}}, testing::f32_bytes({0.5f, 3.f, 1.25f, 7.f}));
+    }
+    ExpertLayout ex;
+    ex.index = e;
+    ex.matrices.push_back(MatrixView{"up", name, rows, cols, 0, cols, 1});
+    layer.experts.push_back(ex);
+  }
+  const auto g = expert_geometry(src, layer, {});
+  std::vector<std::vector<double>> v;
+  for (int e = 0; e < 3; ++e) v.push_back(src.read_all_f64("e." + std::to_string(e) + ".up"));
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      long double s = 0, a = 0;
+      for (std::size_t c = 0; c < v[0].size(); ++c) {
+        s += static_cast<long double>(v[i][c]) * v[j][c];
+        a += std::fabs(static_cast<long double>(v[i][c]) * v[j][c]);
+      }
+      // kernel bound: depth (512 + 5 + 3) u of sum |x_i x_j| (scaled FP8 products need not be exact: + 1 u)
+      EXPECT_NEAR(g.gram(i, j), static_cast<double>(s), 521 * 1.2e-16 * static_cast<double>(a)) << i << "," << j;
+    }
+}
+
+TEST(Geometry, AViewOutsideItsTensorFailsFromAnyThread) {
+  std::vector<std::vector<float>> v(3, std::vector<float>(100000, 1.f));
+  Fixture f(v, 500, 500, 100);
+  f.layer.experts[2].matrices[1].offset = 10;  // "up" of expert 2 now reaches past its tensor's end
+  GeometryOptions o;
+  o.threads = 3;
+  EXPECT_THROW(expert_geometry(f.src, f.layer, o), InputError);
 }
 
 }  // namespace

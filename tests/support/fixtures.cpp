@@ -12,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "moescope/io/safetensors.hpp"
 #include "moescope/io/synthetic_checkpoint.hpp"
 
 namespace moescope::testing {
@@ -94,6 +95,14 @@ std::vector<std::uint8_t> bf16_bytes(const std::vector<float>& v) {
     std::memcpy(&b[2 * i], &h, 2);
   }
   return b;
+}
+
+void write_small_safetensors(const std::string& path) {
+  const float w[2] = {1.0f, 2.0f};
+  TensorToWrite t;
+  t.info = TensorInfo{"w", DType::F32, {2}};
+  t.data = w;
+  write_safetensors(path, {t});
 }
 
 int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }

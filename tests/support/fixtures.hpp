@@ -35,6 +35,9 @@ struct CliResult {
 /// Runs the moescope executable ($MOESCOPE_BIN, else the one built beside the tests) with the given arguments.
 CliResult run_moescope(const std::vector<std::string>& args);
 
+/// A one-tensor safetensors file ("w": F32 [2] = {1, 2}).
+void write_small_safetensors(const std::string& path);
+
 /// Lines in a text (newline characters): a one-line error is 1.
 int line_count(const std::string& s);
 

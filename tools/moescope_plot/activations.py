@@ -9,27 +9,23 @@ share relative to 1/E, on a diverging scale centred at 1.
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
-from .common import (DOUBLE, SINGLE, ReportError, array, child_groups, color, expert_ticks, grid_shape,
-                     heatmap_grid, hide_unused, is_group, layer_label, scalar)
+from .common import (DOUBLE, ReportError, SINGLE, array, color, expert_ticks, grid_shape, has_layers, heatmap_grid,
+                     hide_unused, layer_groups, layer_label, scalar, square)
 
 KIND = "activations"
 DESCRIPTION = "/activations: activation overlap heat map per layer, router load and importance per expert"
 
 
 def applies(f):
-    return is_group(f, "activations") and len(child_groups(f["activations"])) > 0
+    return has_layers(f, "activations")
 
 
 def layers(f):
-    g = f["activations"]
-    return [(k, g[k]) for k in child_groups(g)]
+    return layer_groups(f, "activations")
 
 
 def overlap(g):
-    m = array(g, "overlap", ndim=2)
-    if m.shape[0] != m.shape[1]:
-        raise ReportError(f"'{g.name}/overlap' has shape {m.shape}, expected a square matrix")
-    return m
+    return square(g, "overlap")
 
 
 def per_expert(g, name):

@@ -85,6 +85,25 @@ def group(g, name):
     return g[name]
 
 
+def layer_groups(f, name):
+    """(key, group) of every layer group under /name, in natural order."""
+    g = f[name]
+    return [(k, g[k]) for k in child_groups(g)]
+
+
+def has_layers(f, name):
+    """Whether /name is a group with at least one layer group."""
+    return is_group(f, name) and len(child_groups(f[name])) > 0
+
+
+def square(g, name):
+    """A dataset that must be a square matrix (an E x E overlap), else a ReportError naming it."""
+    m = array(g, name, ndim=2)
+    if m.shape[0] != m.shape[1]:
+        raise ReportError(f"'{g.name}/{name}' has shape {m.shape}, expected a square matrix")
+    return m
+
+
 def is_dataset(g, name):
     return name in g and isinstance(g[name], h5py.Dataset)
 

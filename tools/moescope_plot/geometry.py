@@ -5,27 +5,23 @@ the mean squared overlap per layer, with the 1/D value of independent random exp
 """
 import numpy as np
 
-from .common import (DOUBLE, SINGLE, ReportError, array, attr, child_groups, color, heatmap_grid, is_group,
-                     layer_label, scalar)
+from .common import (DOUBLE, SINGLE, attr, color, has_layers, heatmap_grid, layer_groups, layer_label, scalar,
+                     square)
 
 KIND = "geometry"
 DESCRIPTION = "/geometry: expert weight overlap heat map per layer, weight MSO per layer"
 
 
 def applies(f):
-    return is_group(f, "geometry") and len(child_groups(f["geometry"])) > 0
+    return has_layers(f, "geometry")
 
 
 def layers(f):
-    g = f["geometry"]
-    return [(k, g[k]) for k in child_groups(g)]
+    return layer_groups(f, "geometry")
 
 
 def overlap(g):
-    m = array(g, "overlap", ndim=2)
-    if m.shape[0] != m.shape[1]:
-        raise ReportError(f"'{g.name}/overlap' has shape {m.shape}, expected a square matrix")
-    return m
+    return square(g, "overlap")
 
 
 def plot(f, out):

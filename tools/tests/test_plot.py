@@ -211,7 +211,7 @@ HESSIAN_EIG = np.array([120.0, 40.0, 9.0, 2.0, 0.5])
 
 
 def hessian_attrs(g, params):
-    for k, v in {"method": "torch_lanczos", "status": "converged", "which": "largest_algebraic", "params": params,
+    for k, v in {"method": "device_lanczos", "status": "converged", "which": "largest_algebraic", "params": params,
                  "trace_method": "hutch++", "trace_status": "converged"}.items():
         g.attrs[k] = v
     g.attrs["tol"] = 1e-6

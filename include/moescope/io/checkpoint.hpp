@@ -11,7 +11,8 @@ namespace moescope {
 ///  - a `.safetensors` file (memory-mapped);
 ///  - a sharded index `*.safetensors.index.json`;
 ///  - a folder holding `model.safetensors.index.json`, one `*.safetensors` file, or one `.pt`/`.pth`/`.bin`
-///    (moescope's own run folders `runs/NAME/step_N/` are such folders);
+///    (moescope's own step folders `runs/NAME/step_N/` are such folders; a run folder `runs/NAME` opens its latest
+///    step's weights);
 ///  - a PyTorch state dict saved by `torch.save(model.state_dict(), f)` (zip format, `.pt`/`.pth`/`.bin`),
 ///    read by io/torch_pickle.hpp's own bounds-checked unpickler (no LibTorch); nested dicts ({"model": {...}})
 ///    are flattened with dots.

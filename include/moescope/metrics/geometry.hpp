@@ -14,7 +14,8 @@
 // parameter variance on u_e (both then run over the other experts; NaN when fewer than two remain). The parameter
 // variance on v_e keeps every expert (a zero vector is a point like any other). Weights that are NaN or infinite
 // are refused (InputError naming the tensor and element): no statistic here means anything with them.
-// Gram sums are accumulated in float64 chunk by chunk from the checkpoint; no concatenated copy is made.
+// Gram sums are accumulated in float64 (metrics/gram_kernel.hpp) straight from the checkpoint's bytes; no
+// concatenated copy is made.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -32,9 +33,10 @@ struct GeometryOptions {
   /// Roles to concatenate ("gate", "up", "down"; aliases w1/w3/w2 and fc1/fc2 and wi/wo are accepted).
   /// Empty: every weight matrix of the expert (biases excluded).
   std::vector<std::string> roles;
-  /// Worker threads (>= 1). The result depends on the thread count only through float64 summation order.
+  /// Worker threads (>= 1). The result has the same bits for every thread count.
   int threads = 1;
-  /// Elements per chunk per expert; 0 chooses max(256, 32768 / E) (a block of about 256 KiB).
+  /// Coordinates decoded at a time per expert (GramKernel's block); 0 lets the kernel choose.
+  /// Changes speed only, not the result.
   std::int64_t chunk = 0;
 };
 

@@ -41,6 +41,10 @@ CorrelationReport correlate(std::vector<double> x, std::vector<double> y, std::s
                             const BootstrapOptions& b = {});
 
 class ReportWriter;
+/// `group`/{pearson_r, pearson_p, spearman_rho, spearman_p, ci_low, ci_high, spearman_ci_low, spearman_ci_high}: the
+/// coefficients of a correlation, as every report that holds one writes them.
+void write_coefficients(ReportWriter& w, const std::string& group, const Correlation& pearson,
+                        const Correlation& spearman);
 /// `group`/{x, y, pearson_r, pearson_p, spearman_rho, spearman_p, ci_low, ci_high, spearman_ci_low,
 /// spearman_ci_high} with attributes x_path, y_path, n, p_value, ci.
 void write_correlation(ReportWriter& w, const CorrelationReport& c, const std::string& group = "/correlation");

@@ -1,0 +1,30 @@
+// moescope-torch: every subcommand, the torch ones run here.
+#include <ATen/Parallel.h>
+
+#include "moescope/util/runtime.hpp"
+#include "torch_common.hpp"
+
+namespace moescope::cli {
+
+int start_torch_work(const Context& ctx) {
+  reexec_with_passive_openmp(ctx.argv);
+  const int n = thread_count(ctx);
+  at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
+  return n;
+}
+
+void add_commands(CLI::App& app, Context& ctx) {
+  add_inspect(app, ctx);
+  add_geometry(app, ctx);
+  add_synth(app, ctx);
+  add_correlate(app, ctx);
+  add_train(app, ctx);
+  add_landscape(app, ctx);
+  add_activations(app, ctx);
+  add_compare_spaces(app, ctx);
+  add_hessian(app, ctx);
+  add_plot(app, ctx);
+  add_sweep(app, ctx);
+}
+
+}  // namespace moescope::cli
