@@ -40,11 +40,43 @@ function(moescope_fuzz_targets)
       target_link_libraries(${name} PRIVATE moescope_base)
     endif()
     list(APPEND _names ${name})
+    if(NOT name MATCHES "_torch$")
+      list(APPEND _base_names ${name})
+    endif()
   endforeach()
   add_custom_target(fuzzers DEPENDS ${_names})
-  # The list tools/fuzz.sh runs: one name per line.
+  # The torch-free targets alone (what CI builds: no LibTorch-heavy source is compiled a second time).
+  add_custom_target(fuzzers_base DEPENDS ${_base_names})
+  # The lists tools/fuzz.sh runs: one name per line.
   list(JOIN _names "\n" _text)
   file(WRITE ${CMAKE_BINARY_DIR}/fuzzers.txt "${_text}\n")
+  list(JOIN _base_names "\n" _text)
+  file(WRITE ${CMAKE_BINARY_DIR}/fuzzers_base.txt "${_text}\n")
+endfunction()
+
+# test_parsers: the unit tests of every reader of untrusted bytes (io: safetensors, shards, zip, torch pickle,
+# reports, run folders, layouts, tensors; data: IDX, CIFAR-10, text, tokenizers, token ids, specs; util: JSON,
+# errors, memory budget; metrics: geometry's NaN / zero-expert handling), built under sanitizers (MOESCOPE_SANITIZE
+# or MOESCOPE_FUZZ) for CI, which cannot afford all of test_base a second time. tools/ci-hardening.sh runs it.
+function(moescope_sanitizer_tests)
+  if(NOT MOESCOPE_BUILD_TESTS OR NOT (MOESCOPE_FUZZ OR MOESCOPE_SANITIZE))
+    return()
+  endif()
+  set(_src)
+  foreach(t io/test_checkpoint io/test_hf_config io/test_layout io/test_report io/test_run io/test_safetensors
+            io/test_tensor io/test_tensor_convert io/test_torch_pickle io/test_zip data/test_bytes data/test_image
+            data/test_spec data/test_text data/test_token_ids data/test_tokenizer data/test_tokenizer_bpe
+            data/test_tokenizer_text util/test_json util/test_error util/test_memory metrics/test_geometry)
+    if(EXISTS ${CMAKE_SOURCE_DIR}/tests/${t}.cpp)
+      list(APPEND _src ${CMAKE_SOURCE_DIR}/tests/${t}.cpp)
+    endif()
+  endforeach()
+  add_executable(test_parsers ${_src} ${CMAKE_SOURCE_DIR}/tests/support/fixtures.cpp)
+  target_include_directories(test_parsers PRIVATE ${CMAKE_SOURCE_DIR}/tests)
+  target_link_libraries(test_parsers PRIVATE moescope_base GTest::gtest GTest::gtest_main)
+  add_dependencies(test_parsers moescope)
+  target_compile_definitions(test_parsers PRIVATE MOESCOPE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+                             MOESCOPE_BIN_PATH="$<TARGET_FILE:moescope>")
 endfunction()
 
 # The kill -9 harness (tests/kill/kill_harness.py) as a ctest test: quick mode, labelled slow and kill (about two

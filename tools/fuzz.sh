@@ -10,30 +10,33 @@
 # on one input, an allocation over 2 GiB) is written to build-fuzz/findings/TARGET/ and makes the script exit 1;
 # reproduce it with `build-fuzz/TARGET FILE`. Prints executions per target at the end.
 # Environment: FUZZ_PARALLEL (targets run at once; default: the number of cores), FUZZ_NO_BUILD=1 (use the
-# binaries as they are), FUZZ_NICE (nice level of the fuzzers; default 10).
-# CI runs `tools/fuzz.sh 20`; a long run is e.g. `tools/fuzz.sh 3600` (an hour per target).
+# binaries as they are), FUZZ_NICE (nice level of the fuzzers; default 10), FUZZ_TORCH=0 (only the torch-free
+# targets: the torch ones need moescope_core built with clang and the fuzz instrumentation, ~20 min on 2 cores).
+# CI runs `FUZZ_TORCH=0 tools/fuzz.sh 8` through tools/ci-hardening.sh; a long run is e.g. `tools/fuzz.sh 3600`
+# (an hour per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/fuzz-build.sh
+. tools/fuzz-build.sh
 seconds=${1:-25}
 shift || true
 build=build-fuzz
+all=fuzzers                                    # every target; FUZZ_TORCH=0: the torch-free ones (fuzzers_base)
+[ "${FUZZ_TORCH:-1}" = 0 ] && all=fuzzers_base
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 
 if [ "${FUZZ_NO_BUILD:-0}" != 1 ]; then
   command -v clang++ > /dev/null || { echo "fuzz.sh: clang++ is missing (Debian: apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
-  if [ ! -f "$build/build.ninja" ]; then
-    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
-      -DCMAKE_CXX_COMPILER=clang++ -DMOESCOPE_FUZZ=ON -DMOESCOPE_BUILD_TESTS=OFF -DMOESCOPE_BUILD_BENCH=OFF > /dev/null
-  fi
+  configure_fuzz_build "$build"
   if [ $# -gt 0 ]; then
     cmake --build "$build" --target "$@"
   else
-    cmake --build "$build" --target fuzzers
+    cmake --build "$build" --target "$all"
   fi
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < "$build/fuzzers.txt"
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < "$build/$all.txt"
 
 rm -rf "$build/seeds"
 "$py" tests/fuzz/make_seeds.py "$build/seeds" > /dev/null

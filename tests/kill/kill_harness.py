@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kill -9 harness for moescope's writers (issue 15).
 
-Starts `train`, `landscape`, `hessian`, `geometry` and `activations` on small inputs and sends SIGKILL at many points:
+Starts `train`, `landscape`, `hessian`, `geometry`, `activations` and `sweep` on small inputs and sends SIGKILL at many points:
 after N bytes written (the process's write_bytes in /proc/PID/io, polled from here), after N steps (step folders
 appearing), after N grid points (lines in the landscape journal), and at random times within an uninterrupted run's
 duration. After each kill it checks:
@@ -69,17 +69,25 @@ def write_bytes_of(pid):
 
 def start_and_kill(cmd, when, env=None):
     """Starts cmd and SIGKILLs it when `when(pid, elapsed)` says so. Returns (killed, seconds)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # its own session, and the kill goes to the whole group: sweep's workers die with it, as under a node failure
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     t0 = time.monotonic()
     killed = False
     while p.poll() is None:
         if when(p.pid, time.monotonic() - t0):
-            os.kill(p.pid, signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             killed = True
             break
         time.sleep(0.002)
     p.wait()
-    p.stderr.close()
+    if killed:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # children that outlived the leader
+        except ProcessLookupError:
+            pass
     return killed, time.monotonic() - t0
 
 
@@ -328,6 +336,53 @@ class Harness:
                 self.fail("%s killed %s%s: %s" % (name, label, "" if killed else " (finished first)", e))
         self.record(label_of_run, [k[0] for k in kills], equal_all)
 
+    # -- sweep
+    def sweep(self):
+        spec = os.path.join(self.work, "sweep.json")
+        with open(spec, "w") as f:
+            json.dump({"name": "kill", "description": "kill harness",
+                       "base": {"data": {"name": "clustered",
+                                         "clustered": {"samples": 400, "dim": 6, "clusters": 3, "classes": 3}},
+                                "model": {"type": "classifier", "backbone": "mlp", "backbone_widths": [12],
+                                          "head": "sparse", "head_hidden": 6, "experts": 4, "top_k": 2},
+                                "train": {"steps": 30, "batch_size": 32, "log_every": 5, "checkpoint_every": 10}},
+                       "axes": {"train.regularisers.weight_orth": [0, 0.5], "seed": [0, 1]},
+                       "analyses": {"geometry": {},
+                                    "landscape": {"dirs": "random", "x": "-1:1:5", "max-samples": 100}}}, f)
+        args = ["sweep", spec, "--jobs", "1"]
+        ref = os.path.join(self.work, "sweep_ref")
+        t0 = time.monotonic()
+        run(self.cli(*args, "-o", ref), env=self.env)
+        duration = time.monotonic() - t0
+        ref_data = datasets(os.path.join(ref, "sweep.h5"))
+        kills = [("after %d points' reports" % n, "points", n) for n in self.points([1], [1, 2, 3])]
+        kills += [("at %.2f s" % t, "time", t) for t in
+                  sorted(self.rng.uniform(0.2, duration) for _ in range(self.points(2, 6)))]
+        equal_all = True
+        for label, kind, value in kills:
+            out = os.path.join(self.work, "sweep_kill")
+            shutil.rmtree(out, ignore_errors=True)
+
+            def when(pid, elapsed):
+                if kind == "points":
+                    return len(glob.glob(os.path.join(out, "points", "*", "landscape.h5"))) >= value
+                return elapsed >= value
+            killed, _ = start_and_kill(self.cli(*args, "-o", out), when, self.env)
+            try:
+                check_tree(out)
+                run(self.cli(*args, "-o", out), env=self.env)
+                left = temporaries(out)
+                if left:
+                    raise Failure("temporary files left after the rerun: %s" % left)
+                check_tree(out)
+                if datasets(os.path.join(out, "sweep.h5")) != ref_data:
+                    raise Failure("the rerun's sweep table differs from the uninterrupted run's")
+            except Failure as e:
+                equal_all = False
+                self.fail("sweep killed %s%s: %s" % (label, "" if killed else " (finished first)", e))
+        self.record("sweep (2 x 2 points: train 30 steps, geometry, landscape; the table)", [k[0] for k in kills],
+                    equal_all)
+
     # -- full disk
     def full_disk(self):
         cases = [
@@ -397,6 +452,7 @@ def main():
         h.one_shot("geometry", ["geometry", h.ckpt], "geometry (4 layers x 8 experts, bf16, 100 MB)")
         h.one_shot("activations", ["activations", h.run, "--max-tokens", "1500", "--batch-size", "50", "--geometry"],
                    "activations (with --geometry)")
+        h.sweep()
         h.full_disk()
     except Failure as e:
         h.fail("harness: %s" % e)
