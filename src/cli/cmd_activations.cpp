@@ -28,6 +28,7 @@ void run(ActivationsArgs& a, const Context& ctx) {
   r.split = a.eval.splits.front();
   r.options.batch_size = a.eval.batch_size;
   r.random_probe = a.probe == "random";
+  r.expert_pattern_source = "--expert-pattern";
   if (!a.layers.empty()) r.layers = parse_index_list(a.layers, "--layers");
   if (r.random_probe && !r.activations_file.empty()) throw InputError("give --activations or --probe, not both");
   if (!Run::is_run(r.checkpoint)) {

@@ -25,6 +25,7 @@ void run(GeometryArgs& a, const Context& ctx) {
   const auto src = open_checkpoint(a.checkpoint);
   LayoutOptions lo;
   lo.expert_pattern = a.expert_pattern;
+  lo.pattern_source = "--expert-pattern";
   const Layout layout = detect_layout(*src, lo);
   const auto chosen = select_layers(layout, wanted, a.checkpoint);
   const CheckpointGeometry g = checkpoint_geometry(*src, layout.family, chosen, a.options, progress_renderer(ctx));

@@ -41,6 +41,7 @@ void run(const InspectArgs& a) {
   const auto src = open_checkpoint(a.checkpoint);
   LayoutOptions lo;
   lo.expert_pattern = a.expert_pattern;
+  lo.pattern_source = "--expert-pattern";
   const Layout layout = detect_layout(*src, lo);
   std::uint64_t total = 0;
   for (const auto& t : src->tensors()) total += t.nbytes();

@@ -8,6 +8,7 @@
 
 #include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 
@@ -22,7 +23,6 @@ const char* trace_method_name(TraceMethod m) {
 
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 void check_common(const char* where, const TraceOptions& opts, std::int64_t min_probes) {
   if (opts.probes < min_probes)

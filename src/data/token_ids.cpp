@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/strings.hpp"
 #include "tokenizer_parts.hpp"  // detail::printable
 
 namespace moescope {
@@ -25,11 +26,6 @@ constexpr std::uint64_t kMaxHeader = 100'000'000;  // as safetensors' reference 
 std::int64_t id_limit(std::int64_t vocab) {
   const std::int64_t int32_end = static_cast<std::int64_t>(std::numeric_limits<std::int32_t>::max()) + 1;
   return vocab > 0 ? std::min(vocab, int32_end) : int32_end;
-}
-
-bool ends_with(const std::string& s, const char* suffix) {
-  const std::size_t n = std::strlen(suffix);
-  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
 }
 
 std::uint64_t read_le(const unsigned char* p, std::size_t n) {

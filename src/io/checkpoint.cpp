@@ -11,15 +11,12 @@
 #include "moescope/io/torch_pickle.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/sha256.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace fs = std::filesystem;
 
 namespace moescope {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string only_file_with(const fs::path& dir, const std::vector<std::string>& exts) {
   std::vector<std::string> found;

@@ -535,8 +535,8 @@ struct CustomPattern {
 
 // Rewrites (?<name>...) to (...) and records each name's group number; escapes and bracket expressions are
 // skipped so that "\(" or "[(]" do not count as groups.
-CustomPattern compile_pattern(const std::string& pattern) {
-  const auto fail = [](const std::string& what) { throw InputError("expert pattern: " + what); };
+CustomPattern compile_pattern(const std::string& pattern, const std::string& source) {
+  const auto fail = [&](const std::string& what) { throw InputError(source + ": " + what); };
   std::string rewritten;
   std::map<std::string, std::size_t> groups;
   std::size_t count = 0;
@@ -590,8 +590,9 @@ CustomPattern compile_pattern(const std::string& pattern) {
   return cp;
 }
 
-Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& idx, const std::string& pattern) {
-  const CustomPattern cp = compile_pattern(pattern);
+Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& idx, const std::string& pattern,
+                     const std::string& source) {
+  const CustomPattern cp = compile_pattern(pattern, source);
   std::map<std::pair<int, std::string>, LayerBuild> builds_by;
   for (const auto& t : tensors) {
     std::smatch m;
@@ -599,7 +600,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     const auto number = [&](std::size_t g, const char* what) {
       const std::string s = m[g].matched ? m[g].str() : std::string();
       if (!is_uint(s))
-        throw InputError("expert pattern: group '" + std::string(what) + "' matched '" + s + "' in tensor '" +
+        throw InputError(source + ": group '" + std::string(what) + "' matched '" + s + "' in tensor '" +
                          t.name + "', not a number");
       return to_int(s);
     };
@@ -607,7 +608,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     const int expert = number(cp.expert, "expert");
     const std::string matrix = m[cp.matrix].str();
     if (matrix.empty())
-      throw InputError("expert pattern: group 'matrix' matched nothing in tensor '" + t.name + "'");
+      throw InputError(source + ": group 'matrix' matched nothing in tensor '" + t.name + "'");
     // The block's prefix: the name up to the dot before the component holding the expert number.
     const std::size_t dot = t.name.rfind('.', static_cast<std::size_t>(m.position(cp.expert)));
     std::string prefix = dot == std::string::npos ? std::string() : t.name.substr(0, dot);
@@ -630,7 +631,7 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
     builds.push_back(std::move(b));
   }
   std::vector<std::string> notes;
-  if (builds.empty()) notes.push_back("the expert pattern matched no tensor");
+  if (builds.empty()) notes.push_back(source + " matched no tensor");
   return finish(std::move(builds), idx, std::move(notes));
 }
 
@@ -651,7 +652,7 @@ Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions
   NameIndex idx;
   idx.reserve(tensors.size());
   for (const auto& t : tensors) idx.emplace(t.name, &t);
-  if (!opts.expert_pattern.empty()) return detect_custom(tensors, idx, opts.expert_pattern);
+  if (!opts.expert_pattern.empty()) return detect_custom(tensors, idx, opts.expert_pattern, opts.pattern_source);
   return detect_builtin(tensors, idx);
 }
 

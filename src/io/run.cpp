@@ -6,7 +6,7 @@
 
 #include "moescope/util/error.hpp"
 #include "moescope/util/json.hpp"
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 #include "moescope/version.hpp"
 
 namespace fs = std::filesystem;
@@ -36,15 +36,11 @@ std::string latest_step_dir(const std::string& run_dir, const std::string& file)
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 /// The step folder and weights file `path` stands for; empty when it stands for none.
 struct Located {
   fs::path step, weights;
 };
-Located locate(const fs::path& path) {
+Located locate_run(const fs::path& path) {
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) {
     if (!ends_with(path.filename().string(), ".safetensors")) return {};
@@ -70,7 +66,7 @@ bool is_run_config(const nlohmann::json& j) { return j.is_object() && j.contains
 }  // namespace
 
 bool Run::is_run(const std::string& path) {
-  const Located at = locate(path);
+  const Located at = locate_run(path);
   if (at.step.empty()) return false;
   const fs::path cfg = config_of(at.step);
   if (cfg.empty()) return false;
@@ -118,7 +114,7 @@ void check_run_format(const nlohmann::json& state, const std::string& file) {
 Run Run::open(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail_input(path, "no such file or folder");
-  const Located at = locate(path);
+  const Located at = locate_run(path);
   if (at.step.empty()) fail_input(path, std::string("not a moescope run: ") + kRunDescription);
   const fs::path cfg = config_of(at.step);
   if (cfg.empty())

@@ -25,12 +25,11 @@
 
 #include "moescope/io/zip.hpp"
 #include "moescope/util/error.hpp"
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 namespace {
 
-std::string quoted(const std::string& s) { return "'" + printable(s) + "'"; }
 
 // ---------------------------------------------------------------------------------------------------------
 // Python objects as the VM builds them. Containers are mutable until placed inside another container; from

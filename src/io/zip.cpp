@@ -10,7 +10,7 @@
 #include <numeric>
 
 #include "moescope/util/error.hpp"
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 namespace {
@@ -30,7 +30,6 @@ std::uint32_t le32(const std::uint8_t* p) {
 }
 std::uint64_t le64(const std::uint8_t* p) { return le32(p) | (static_cast<std::uint64_t>(le32(p + 4)) << 32); }
 
-std::string quoted(const std::string& s) { return "'" + printable(s) + "'"; }
 
 // Where the end of central directory record starts; it must end the archive exactly (after its comment).
 std::size_t find_end_record(const std::uint8_t* d, std::size_t n, const std::string& file) {

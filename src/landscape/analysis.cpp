@@ -9,6 +9,7 @@
 #include "moescope/util/error.hpp"
 #include "moescope/util/memory.hpp"
 #include "moescope/util/sha256.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 
@@ -19,12 +20,6 @@ std::string loss_landscape_path(const std::string& out) {
 }
 
 namespace {
-
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
-  return s;
-}
 
 // Digest of the directions' values (float64 bytes in parameter order), for the journal's settings line.
 std::string fingerprint(const std::vector<Direction>& dirs) {

@@ -9,11 +9,11 @@
 #include "moescope/io/report.hpp"
 #include "moescope/stats/correlation.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 Eigen::MatrixXd zeros(int E) { return Eigen::MatrixXd::Zero(E, E); }
 

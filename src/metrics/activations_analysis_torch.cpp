@@ -159,6 +159,7 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
   const auto src = open_checkpoint(a.weights_file);
   LayoutOptions lo;
   lo.expert_pattern = r.expert_pattern;
+  lo.pattern_source = r.expert_pattern_source;
   const Layout layout = detect_layout(*src, lo);
   const std::vector<const MoELayerLayout*> layers = select_layers(layout, r.layers, r.checkpoint);
   std::unique_ptr<SafetensorsFile> recorded;

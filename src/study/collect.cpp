@@ -11,6 +11,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 
@@ -18,7 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double mean_of(const std::vector<double>& v) {
   double s = 0;

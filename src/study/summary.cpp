@@ -12,6 +12,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 
@@ -19,7 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Headline metrics, in the order the page shows them (those a sweep has).
 const char* const kHeadline[] = {"test_acc", "valid_acc", "valid_loss", "test_loss", "valid_ppl", "test_ppl",

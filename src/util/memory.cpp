@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "moescope/util/error.hpp"
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 

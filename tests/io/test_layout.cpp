@@ -535,6 +535,7 @@ TEST(Layout, BadPatternsFail) {
   const auto err = [](const std::string& pattern) {
     LayoutOptions o;
     o.expert_pattern = pattern;
+    o.pattern_source = "--expert-pattern";
     return error_of([&] { detect_layout(custom_net(), o); });
   };
   std::string msg = err(R"(^net\.(?<layer>\d+)\.moe\.e(?<expert>\d+)\.\w+$)");
@@ -553,6 +554,7 @@ TEST(Layout, BadPatternsFail) {
 TEST(Layout, CustomPatternNonNumericLayerFails) {
   LayoutOptions o;
   o.expert_pattern = R"(^(?<layer>\w+)\.e(?<expert>\d+)\.(?<matrix>\w+)$)";
+  o.pattern_source = "--expert-pattern";
   const std::string msg = error_of([&] { detect_layout({T("abc.e0.w1", {2, 2})}, o); });
   EXPECT_TRUE(has(msg, "--expert-pattern")) << msg;
   EXPECT_TRUE(has(msg, "abc.e0.w1")) << msg;

@@ -61,6 +61,8 @@ struct LayoutOptions {
   /// ECMAScript regex with named groups written (?<layer>...), (?<expert>...), (?<matrix>...); std::regex has
   /// no named groups, so they are rewritten to numbered ones. When set, it replaces the built-in families.
   std::string expert_pattern;
+  /// What the pattern is called in error messages (the CLI passes its flag, "--expert-pattern").
+  std::string pattern_source = "expert pattern";
 };
 
 /// The role a per-expert matrix name plays in the known families ("w1" -> "gate", "fc2" -> "down",

@@ -152,6 +152,7 @@ struct ActivationsRequest {
   std::vector<int> layers;       ///< model layer numbers (empty: all MoE layers)
   std::int64_t top_k = 0;        ///< other checkpoints: experts per token (0: config.json's, else Switch 1, others 2)
   std::string expert_pattern;    ///< LayoutOptions::expert_pattern
+  std::string expert_pattern_source = "expert pattern";  ///< LayoutOptions::pattern_source
   ActivationsOptions options;
   /// Also the weight geometry of the same layers and the weight-vs-activation comparison.
   bool geometry = false;

@@ -1,4 +1,4 @@
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 
 #include <cstdio>
 
@@ -21,6 +21,21 @@ std::string printable(std::string_view s, std::size_t max_len) {
     }
   }
   if (n < s.size()) out += "...";
+  return out;
+}
+
+std::string quoted(std::string_view s) { return "'" + printable(s) + "'"; }
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view sep) {
+  std::string out;
+  for (const auto& x : items) {
+    if (!out.empty()) out += sep;
+    out += x;
+  }
   return out;
 }
 

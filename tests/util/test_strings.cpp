@@ -1,5 +1,5 @@
 // Text from files in one-line messages: control bytes escaped, backslashes doubled, long text cut.
-#include "moescope/util/printable.hpp"
+#include "moescope/util/strings.hpp"
 
 #include <gtest/gtest.h>
 
