@@ -14,7 +14,7 @@ build=build-asan
 compiler=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
 command -v clang++ > /dev/null || compiler=()  # gcc sanitizes too, only slower to build
 if [ ! -f "$build/build.ninja" ]; then
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "${compiler[@]}" -DMOESCOPE_SANITIZE=ON \
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_FLAGS=-O1 -gline-tables-only" "${compiler[@]}" -DMOESCOPE_SANITIZE=ON \
     -DMOESCOPE_BUILD_BENCH=OFF -DMOESCOPE_PCH=OFF > /dev/null
 fi
 cmake --build "$build" --target test_base

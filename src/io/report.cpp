@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -282,21 +283,31 @@ struct ReportWriter::Impl {
   ~Impl() {
     if (lock_fd >= 0) ::close(lock_fd);
   }
-  std::optional<H5::H5File> file;  // optional: H5File has no usable assignment
+  std::unique_ptr<H5::H5File> file;  // a pointer: after a failed close it is released, not closed twice
   bool open = false;       // the HDF5 file is open
   bool finished = false;   // commit() was called: nothing more is accepted
   bool committed = false;  // the rename succeeded
+  bool write_failed = false;  // an HDF5 write failed (disk full, file size limit, ...): HDF5 cannot close it
 
   void check_writable() const {
     if (finished) throw std::logic_error(path + ": report already committed");
   }
 
   [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) const {
+    const int err = errno;
     const std::string why = detail::reason(e);
     // A failed write system call (disk full, file size limit, quota, I/O error) is the machine's state, for the
-    // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in its message.
-    if (why.find("errno = ") != std::string::npos)
+    // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in most of its messages, not in all
+    // ("H5Dclose failed" when the flush at close fails).
+    if (why.find("errno = ") != std::string::npos) {
+      const_cast<Impl*>(this)->write_failed = true;  // see ~ReportWriter
       fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ")");
+    }
+    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
+      const_cast<Impl*>(this)->write_failed = true;
+      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ": " +
+                           std::strerror(err) + ")");
+    }
     throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + why + ")");
   }
 
@@ -329,6 +340,7 @@ struct ReportWriter::Impl {
       H5::DataSet ds = file->createDataSet(full, file_type, detail::make_space(dims), detail::make_dcpl(dims));
       // HDF5 refuses a null buffer even for zero elements, and there is nothing to write anyway.
       if (detail::element_count(dims) > 0) ds.write(data, mem_type);
+      ds.close();  // here, not in the destructor: closing flushes, and a failed flush (disk full) must be said
     } catch (const H5::Exception& e) {
       fail_h5("write dataset", full, e);
     }
@@ -368,7 +380,7 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
     H5::FileAccPropList fapl;
     // The 1.8 file format stores large attribute arrays densely; the 1.6 default caps an object header at 64 KiB.
     fapl.setLibverBounds(H5F_LIBVER_V18, H5F_LIBVER_LATEST);
-    impl_->file.emplace(impl_->tmp, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
+    impl_->file = std::make_unique<H5::H5File>(impl_->tmp, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
     impl_->open = true;
   } catch (const H5::Exception& e) {
     std::error_code ec;
@@ -379,6 +391,19 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
 
 ReportWriter::~ReportWriter() {
   if (!impl_ || impl_->committed) return;
+  if (impl_->write_failed) {
+    // libhdf5 1.10.8 crashes (SIGSEGV in H5F__close) closing a file whose writes failed for want of space (disk
+    // full, `ulimit -f`), here or in its clean-up at exit. The file is abandoned: its handle is not closed, the
+    // temporary file is removed, and the process leaves without HDF5's exit clean-up (exit code 2, as for the
+    // InputError the failure was reported as). Only this error path does so.
+    (void)impl_->file.release();  // NOLINT(bugprone-unused-return-value): deliberately not closed
+    impl_->open = false;
+    static const bool hooked = std::atexit([] {
+      std::fflush(nullptr);
+      ::_exit(2);
+    }) == 0;
+    (void)hooked;
+  }
   try {
     if (impl_->open) impl_->file->close();
   } catch (...) {
@@ -491,9 +516,14 @@ void ReportWriter::commit() {
     impl_->file->close();
     impl_->open = false;
   } catch (const H5::Exception& e) {
+    const int err = errno;
     const std::string why = detail::reason(e);
-    if (why.find("errno = ") != std::string::npos)  // the final flush failed: disk full, size limit, I/O error
+    if (why.find("errno = ") != std::string::npos || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
+      impl_->write_failed = true;  // the final flush failed: disk full, size limit, I/O error (see ~ReportWriter)
+    if (why.find("errno = ") != std::string::npos)
       fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ")");
+    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
+      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ": " + std::strerror(err) + ")");
     throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" + why + ")");
   }
   std::error_code ec;

@@ -406,6 +406,10 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
       if (fs::exists(log_path)) {
         log.read(log_path.string());
         log.truncate(start);
+        // A finished run resumed: its final evaluation is made again below (the same numbers), not appended twice.
+        while (start == total_steps && !log.val_step.empty() && log.val_step.back() == start) {
+          log.val_step.pop_back(), log.val_loss.pop_back(), log.val_acc.pop_back(), log.val_ppl.pop_back();
+        }
       }
       result.last_checkpoint = last.string();
       report(options.progress, make_progress("train", start, total_steps, "steps", std::nan(""), "", "", false,

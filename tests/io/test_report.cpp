@@ -1,7 +1,9 @@
 #include "moescope/io/report.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <cmath>
@@ -433,6 +435,40 @@ TEST(Report, ReadingAFileAnotherProcessHasOpenForWritingSaysSo) {
   EXPECT_EQ(m.rfind(path + ".tmp: cannot open report: another process has it open for writing (", 0), 0u) << m;
   EXPECT_EQ(testing::line_count(m), 0) << m;
   ASSERT_EQ(other.finish(), 0);
+}
+
+// Regression (kill harness, issue 15): past `ulimit -f` (SIGXFSZ ignored, writes fail with EFBIG) libhdf5 1.10.8
+// crashed closing the half-written file (SIGSEGV in H5F__close). The writer must refuse with one InputError naming
+// the report, and leave no temporary file. Run in a child: the file size limit is the process's.
+TEST(Report, AFullDiskIsAnInputErrorNotACrash) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit lim{16384, 16384};
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(5);
+    int code = 0;
+    try {
+      ReportWriter w(path);
+      const std::vector<double> big(1 << 16, 1.5);  // 512 KiB: past the limit
+      for (int i = 0; i < 4; ++i) w.write("/v" + std::to_string(i), big, {big.size()});
+      w.commit();
+      code = 3;  // accepted: wrong
+    } catch (const InputError& e) {
+      const std::string m = e.what();
+      code = m.rfind(path + ": cannot ", 0) == 0 && m.find('\n') == std::string::npos ? 0 : 4;
+    } catch (...) {
+      code = 6;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_FALSE(file_exists(path));
+  EXPECT_FALSE(file_exists(path + ".tmp"));
 }
 
 }  // namespace
