@@ -79,7 +79,7 @@ function(moescope_sanitizer_tests)
                              MOESCOPE_BIN_PATH="$<TARGET_FILE:moescope>")
 endfunction()
 
-# The kill -9 harness (tests/kill/kill_harness.py) as a ctest test: quick mode, labelled slow and kill (about two
+# The kill -9 harness (tests/kill/kill_harness.py) as a ctest test: quick mode, labelled slow and kill (about four
 # minutes on 2 cores); MOESCOPE_KILL_LONG=1 in the environment runs the long mode. Needs Debian's python3 with h5py
 # and numpy, like the plot tests.
 function(moescope_kill_test)

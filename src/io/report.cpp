@@ -2,6 +2,7 @@
 
 #include <H5Cpp.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -360,26 +361,23 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
   // ourselves also gives an exact errno where HDF5's message for a missing folder is a wall of text.
   impl_->lock_fd = ::open(impl_->tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   if (impl_->lock_fd < 0) fail_input(path_, std::string("cannot create report (") + std::strerror(errno) + ")");
-  struct flock lk {};
-  lk.l_type = F_WRLCK;
-  lk.l_whence = SEEK_SET;
-  if (::fcntl(impl_->lock_fd, F_SETLK, &lk) != 0) {
+  // flock(), not a POSIX record lock: those are dropped when the process closes any descriptor of the file,
+  // which HDF5 does while it creates it. HDF5's own flock() on its descriptor would conflict with this one, so
+  // the writer turns HDF5's locking off (below); readers keep theirs, and so see this lock ("unable to lock file").
+  if (::flock(impl_->lock_fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
-    struct flock who {};
-    who.l_type = F_WRLCK;
-    who.l_whence = SEEK_SET;
-    const bool known = ::fcntl(impl_->lock_fd, F_GETLK, &who) == 0 && who.l_type != F_UNLCK;
     ::close(impl_->lock_fd);
     impl_->lock_fd = -1;
-    if (err == EACCES || err == EAGAIN)
-      fail_input(path_, "another process" + (known ? " (pid " + std::to_string(who.l_pid) + ")" : std::string()) +
-                            " is writing this report (" + impl_->tmp + "); wait for it or choose another -o");
+    if (err == EWOULDBLOCK)
+      fail_input(path_, "another process is writing this report (" + impl_->tmp +
+                            "); wait for it or choose another -o");
     fail_input(path_, std::string("cannot lock ") + impl_->tmp + " (" + std::strerror(err) + ")");
   }
   try {
     H5::FileAccPropList fapl;
     // The 1.8 file format stores large attribute arrays densely; the 1.6 default caps an object header at 64 KiB.
     fapl.setLibverBounds(H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    H5Pset_file_locking(fapl.getId(), false, true);  // this writer's flock() above is the lock
     impl_->file = std::make_unique<H5::H5File>(impl_->tmp, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
     impl_->open = true;
   } catch (const H5::Exception& e) {
@@ -530,6 +528,8 @@ void ReportWriter::commit() {
   std::filesystem::rename(impl_->tmp, path_, ec);
   if (ec) fail_input(path_, "cannot rename " + detail::quoted(impl_->tmp) + " into place (" + ec.message() + ")");
   impl_->committed = true;
+  ::close(impl_->lock_fd);  // released after the rename: the report is readable now, and the .tmp name is free
+  impl_->lock_fd = -1;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ fails with EFBIG) with a good report already in place: it must exit 1 or 2 with 
 good report as it was, and leave no temporary file.
 
 usage: kill_harness.py --moescope PATH [--workdir DIR] [--table FILE] [--long]
-Quick mode (ctest, CI): 3-4 kill points per command, about two minutes on 2 cores. --long (or MOESCOPE_KILL_LONG=1):
+Quick mode (ctest, CI): 3-4 kill points per command, about four minutes on 2 cores (217 s measured on a busy machine). --long (or MOESCOPE_KILL_LONG=1):
 about 15 per command. Prints the table: command, kill points tried, resumed results equal. Exit 1 on any failure.
 Needs numpy and h5py (Debian: /usr/bin/python3)."""
 import argparse
