@@ -10,8 +10,11 @@ targets=("$@")
 pkgs=(cmake ninja-build g++ pkg-config ccache
       libtorch-dev libopenblas0-pthread libeigen3-dev libspectra-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
       libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev libgloo-dev libpcre2-dev libicu-dev
-      dataset-fashion-mnist python3 python3-h5py python3-matplotlib python3-numpy jupyter-nbconvert python3-ipykernel
-      fortunes)
+      dataset-fashion-mnist fortunes python3 python3-h5py python3-matplotlib python3-numpy)
+# Only the test command (every target) needs these: notebooks run headless, sanitizer and fuzz builds (clang).
+if ((${#targets[@]} == 0)); then
+  pkgs+=(jupyter-nbconvert python3-ipykernel clang libclang-rt-14-dev)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,9 +26,10 @@ void run(GeometryArgs& a, const Context& ctx) {
   LayoutOptions lo;
   lo.expert_pattern = a.expert_pattern;
   lo.pattern_source = "--expert-pattern";
-  const Layout layout = detect_layout(src->tensors(), lo);
+  const Layout layout = detect_layout(*src, lo);
   const auto chosen = select_layers(layout, wanted, a.checkpoint);
   const CheckpointGeometry g = checkpoint_geometry(*src, layout.family, chosen, a.options, progress_renderer(ctx));
+  print_notes(g.notes);
 
   std::cout << fmt::format("{:<18} {:>7} {:>12} {:>12} {:>14} {:>14} {:>11}\n", "layer", "experts", "dim", "mso",
                            "param_var", "param_var_u", "mean_norm");

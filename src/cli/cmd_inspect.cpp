@@ -42,7 +42,7 @@ void run(const InspectArgs& a) {
   LayoutOptions lo;
   lo.expert_pattern = a.expert_pattern;
   lo.pattern_source = "--expert-pattern";
-  const Layout layout = detect_layout(src->tensors(), lo);
+  const Layout layout = detect_layout(*src, lo);
   std::uint64_t total = 0;
   for (const auto& t : src->tensors()) total += t.nbytes();
 

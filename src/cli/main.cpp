@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   cli::Context ctx;
   ctx.argv = argv;
   ctx.runtime = keep_freed_memory();  // before torch allocates anything large
+  ignore_file_size_signal();          // past `ulimit -f`, writes fail with EFBIG and say so
   ctx.runtime += std::string("; OMP_WAIT_POLICY ") +
                  (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset (libgomp's default)");
   ctx.command_line = shell_command(std::vector<std::string>(argv, argv + argc));

@@ -9,6 +9,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/model/params.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/memory.hpp"
 
 namespace moescope {
 
@@ -107,6 +108,36 @@ HessianGroup analyse_group(const HessianOperator& op, const HessianRequest& r) {
 
 }  // namespace
 
+std::vector<MemoryItem> hessian_memory(std::int64_t n, const HessianRequest& r) {
+  const double N = static_cast<double>(n), f64 = 8.0;
+  const std::int64_t k = std::max<std::int64_t>(1, r.eigen.k);
+  std::vector<MemoryItem> items;
+  const auto count = [](std::int64_t a, std::int64_t b) { return std::to_string(a) + " x " + std::to_string(b); };
+  if (r.eigen.solver == "spectra") {
+    const std::int64_t ncv = std::min<std::int64_t>(n, std::max<std::int64_t>(2 * k + 1, 20));
+    items.push_back({"Spectra's Krylov basis (" + count(ncv, n) + " float64, and its restart copy)", 2 * ncv * N * f64});
+  } else if (r.eigen.solver == "power") {
+    items.push_back({"power iteration vectors (" + count(k + 2, n) + " float64)", static_cast<double>(k + 2) * N * f64});
+  } else {
+    const std::int64_t steps = std::min<std::int64_t>(std::max(r.eigen.max_steps, k), n);
+    items.push_back({"Lanczos basis (" + count(steps + 1, n) + " float64, and half as much again while it grows)",
+                     1.5 * static_cast<double>(steps + 1) * N * f64});
+  }
+  items.push_back({"eigenvectors (" + count(k, n) + " float64, on the host and in the report)",
+                   2.0 * static_cast<double>(k) * N * f64});
+  if (r.trace == "hutch++" || r.trace == "xtrace")
+    items.push_back({r.trace + " probe blocks (about 3 x " + count(r.probes, n) + " float64)",
+                     3.0 * static_cast<double>(r.probes) * N * f64});
+  else if (!r.trace.empty())
+    items.push_back({"trace probes (2 x n float64)", 2 * N * f64});
+  if (r.density) {
+    const std::int64_t steps = std::min<std::int64_t>(r.slq.steps, n);
+    items.push_back({"SLQ Lanczos basis (" + count(steps + 1, n) + " float64)", static_cast<double>(steps + 1) * N * f64});
+  }
+  items.push_back({"gradients and products (about 8 x n float64)", 8 * N * f64});
+  return items;
+}
+
 HessianAnalysis analyse_hessian(LoadedRun& run, const HessianRequest& r) {
   if (r.device != "cpu" && r.device != "cuda") invalid_argument("analyse_hessian", "device must be cpu or cuda, got " + r.device);
   if (r.device == "cuda" && !torch::cuda::is_available())
@@ -118,6 +149,21 @@ HessianAnalysis analyse_hessian(LoadedRun& run, const HessianRequest& r) {
   run.model.to(device);
   run.model.module().eval();  // no dropout, frozen batch-norm statistics, deterministic routing
   const std::vector<Subset> chosen = subsets(run, r.params);
+  if (r.device == "cpu") {
+    // Refuse what cannot fit before any product: one subset at a time holds its solver's vectors. (On CUDA the
+    // basis is in device memory, which this check does not see.)
+    std::int64_t n_max = 0;
+    std::string largest;
+    for (const Subset& sub : chosen) {
+      std::int64_t n = 0;
+      for (const auto& p : select_parameters(run.model.module(), sub.spec)) n += p.second.numel();
+      if (n > n_max) n_max = n, largest = sub.spec;
+    }
+    check_memory("hessian (--params " + largest + ": " + std::to_string(n_max) + " parameters)",
+                 hessian_memory(n_max, r),
+                 "lower --max-steps (the Lanczos basis grows by one vector per step), --top-k or --probes, or "
+                 "choose fewer parameters with --params (router, expert:L.E, re:REGEX)");
+  }
 
   HessianAnalysis a;
   a.rank = group.rank();

@@ -656,6 +656,14 @@ Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions
   return detect_builtin(tensors, idx);
 }
 
+Layout detect_layout(const TensorSource& src, const LayoutOptions& opts) {
+  try {
+    return detect_layout(src.tensors(), opts);
+  } catch (const InputError& e) {
+    fail_input(src.path(), e.what());
+  }
+}
+
 void read_view_f64(const TensorSource& src, const MatrixView& view, std::int64_t first, std::int64_t count,
                    double* out) {
   const TensorInfo& info = src.at(view.tensor);

@@ -1,10 +1,14 @@
 #include "moescope/io/report.hpp"
 
 #include <H5Cpp.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -15,6 +19,7 @@
 #include <variant>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/memory.hpp"
 #include "moescope/version.hpp"
 
 namespace moescope {
@@ -201,7 +206,8 @@ std::size_t space_elements(const H5::DataSpace& space, std::vector<std::size_t>*
   space.getSimpleExtentDims(h.data());
   std::size_t n = 1;
   for (hsize_t d : h) {
-    n *= static_cast<std::size_t>(d);
+    // a damaged file's dims may multiply past 64 bits: saturate (no request can be that large anyway)
+    if (__builtin_mul_overflow(n, static_cast<std::size_t>(d), &n)) n = static_cast<std::size_t>(-1);
     if (dims) dims->push_back(static_cast<std::size_t>(d));
   }
   return n;
@@ -274,17 +280,36 @@ Object open_object(const H5::H5File& file, const std::string& report, const std:
 struct ReportWriter::Impl {
   std::string path;
   std::string tmp;
-  std::optional<H5::H5File> file;  // optional: H5File has no usable assignment
+  int lock_fd = -1;        // holds a POSIX write lock on tmp while this writer owns it
+  ~Impl() {
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
+  std::unique_ptr<H5::H5File> file;  // a pointer: after a failed close it is released, not closed twice
   bool open = false;       // the HDF5 file is open
   bool finished = false;   // commit() was called: nothing more is accepted
   bool committed = false;  // the rename succeeded
+  bool write_failed = false;  // an HDF5 write failed (disk full, file size limit, ...): HDF5 cannot close it
 
   void check_writable() const {
     if (finished) throw std::logic_error(path + ": report already committed");
   }
 
   [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) const {
-    throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + detail::reason(e) + ")");
+    const int err = errno;
+    const std::string why = detail::reason(e);
+    // A failed write system call (disk full, file size limit, quota, I/O error) is the machine's state, for the
+    // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in most of its messages, not in all
+    // ("H5Dclose failed" when the flush at close fails).
+    if (why.find("errno = ") != std::string::npos) {
+      const_cast<Impl*>(this)->write_failed = true;  // see ~ReportWriter
+      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ")");
+    }
+    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
+      const_cast<Impl*>(this)->write_failed = true;
+      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ": " +
+                           std::strerror(err) + ")");
+    }
+    throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + why + ")");
   }
 
   // Creates the groups above the object at `parts` (all but the last component).
@@ -316,6 +341,7 @@ struct ReportWriter::Impl {
       H5::DataSet ds = file->createDataSet(full, file_type, detail::make_space(dims), detail::make_dcpl(dims));
       // HDF5 refuses a null buffer even for zero elements, and there is nothing to write anyway.
       if (detail::element_count(dims) > 0) ds.write(data, mem_type);
+      ds.close();  // here, not in the destructor: closing flushes, and a failed flush (disk full) must be said
     } catch (const H5::Exception& e) {
       fail_h5("write dataset", full, e);
     }
@@ -329,18 +355,30 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
   detail::quiet_hdf5();
   impl_->path = path_;
   impl_->tmp = path_ + ".tmp";
-  // Probe with the C library first: HDF5's own message for a missing folder is a wall of text, errno is exact.
-  errno = 0;
-  if (std::FILE* probe = std::fopen(impl_->tmp.c_str(), "wb")) {
-    std::fclose(probe);
-  } else {
-    fail_input(path_, std::string("cannot create report (") + std::strerror(errno) + ")");
+  // Open (without truncating) and lock the temporary file before HDF5 sees it: HDF5 truncates a file before it
+  // takes its own lock, so a second writer of the same report would otherwise wipe the first one's data. The
+  // POSIX record lock is the process's, separate from the flock() HDF5 takes on its own descriptor. Opening it
+  // ourselves also gives an exact errno where HDF5's message for a missing folder is a wall of text.
+  impl_->lock_fd = ::open(impl_->tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (impl_->lock_fd < 0) fail_input(path_, std::string("cannot create report (") + std::strerror(errno) + ")");
+  // flock(), not a POSIX record lock: those are dropped when the process closes any descriptor of the file,
+  // which HDF5 does while it creates it. HDF5's own flock() on its descriptor would conflict with this one, so
+  // the writer turns HDF5's locking off (below); readers keep theirs, and so see this lock ("unable to lock file").
+  if (::flock(impl_->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(impl_->lock_fd);
+    impl_->lock_fd = -1;
+    if (err == EWOULDBLOCK)
+      fail_input(path_, "another process is writing this report (" + impl_->tmp +
+                            "); wait for it or choose another -o");
+    fail_input(path_, std::string("cannot lock ") + impl_->tmp + " (" + std::strerror(err) + ")");
   }
   try {
     H5::FileAccPropList fapl;
     // The 1.8 file format stores large attribute arrays densely; the 1.6 default caps an object header at 64 KiB.
     fapl.setLibverBounds(H5F_LIBVER_V18, H5F_LIBVER_LATEST);
-    impl_->file.emplace(impl_->tmp, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
+    H5Pset_file_locking(fapl.getId(), false, true);  // this writer's flock() above is the lock
+    impl_->file = std::make_unique<H5::H5File>(impl_->tmp, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
     impl_->open = true;
   } catch (const H5::Exception& e) {
     std::error_code ec;
@@ -351,6 +389,19 @@ ReportWriter::ReportWriter(std::string path) : path_(std::move(path)), impl_(std
 
 ReportWriter::~ReportWriter() {
   if (!impl_ || impl_->committed) return;
+  if (impl_->write_failed) {
+    // libhdf5 1.10.8 crashes (SIGSEGV in H5F__close) closing a file whose writes failed for want of space (disk
+    // full, `ulimit -f`), here or in its clean-up at exit. The file is abandoned: its handle is not closed, the
+    // temporary file is removed, and the process leaves without HDF5's exit clean-up (exit code 2, as for the
+    // InputError the failure was reported as). Only this error path does so.
+    (void)impl_->file.release();  // NOLINT(bugprone-unused-return-value): deliberately not closed
+    impl_->open = false;
+    static const bool hooked = std::atexit([] {
+      std::fflush(nullptr);
+      ::_exit(2);
+    }) == 0;
+    (void)hooked;
+  }
   try {
     if (impl_->open) impl_->file->close();
   } catch (...) {
@@ -463,13 +514,22 @@ void ReportWriter::commit() {
     impl_->file->close();
     impl_->open = false;
   } catch (const H5::Exception& e) {
-    throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" +
-                             detail::reason(e) + ")");
+    const int err = errno;
+    const std::string why = detail::reason(e);
+    if (why.find("errno = ") != std::string::npos || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
+      impl_->write_failed = true;  // the final flush failed: disk full, size limit, I/O error (see ~ReportWriter)
+    if (why.find("errno = ") != std::string::npos)
+      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ")");
+    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
+      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ": " + std::strerror(err) + ")");
+    throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" + why + ")");
   }
   std::error_code ec;
   std::filesystem::rename(impl_->tmp, path_, ec);
   if (ec) fail_input(path_, "cannot rename " + detail::quoted(impl_->tmp) + " into place (" + ec.message() + ")");
   impl_->committed = true;
+  ::close(impl_->lock_fd);  // released after the rename: the report is readable now, and the .tmp name is free
+  impl_->lock_fd = -1;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -519,7 +579,12 @@ ReportReader::ReportReader(const std::string& path) : path_(path), impl_(std::ma
     if (!H5::H5File::isHdf5(path_)) fail_input(path_, "not an HDF5 file");
     impl_->file.emplace(path_, H5F_ACC_RDONLY);
   } catch (const H5::Exception& e) {
-    fail_input(path_, "cannot open report (" + detail::reason(e) + ")");
+    const std::string why = detail::reason(e);
+    // HDF5 locks a file it writes; other programs (h5py, HDFView) may hold a report open for writing.
+    if (why.find("unable to lock file") != std::string::npos)
+      fail_input(path_, "cannot open report: another process has it open for writing (" + why +
+                            "); wait until it closes the file");
+    fail_input(path_, "cannot open report (" + why + ")");
   }
 }
 
@@ -539,7 +604,12 @@ std::vector<double> ReportReader::read(const std::string& path, std::vector<std:
     const H5T_class_t cls = ds.getTypeClass();
     if (cls != H5T_INTEGER && cls != H5T_FLOAT) fail_input(path_, detail::quoted(path) + " is not a numeric dataset");
     const H5::DataSpace space = ds.getSpace();
-    std::vector<double> out(detail::space_elements(space, dims));
+    const std::size_t n = detail::space_elements(space, dims);
+    // Sizes come from the file: a damaged or hostile one may claim more values than memory holds.
+    check_memory(path_ + ": dataset " + detail::quoted(path),
+                 {{std::to_string(n) + " values as float64", static_cast<double>(n) * 8.0}},
+                 "the report is damaged or not one of moescope's");
+    std::vector<double> out(n);
     if (!out.empty()) ds.read(out.data(), H5::PredType::NATIVE_DOUBLE);
     return out;
   } catch (const H5::Exception& e) {
@@ -569,6 +639,9 @@ std::vector<std::string> ReportReader::read_strings(const std::string& path) con
     if (ds.getTypeClass() != H5T_STRING) fail_input(path_, detail::quoted(path) + " is not a string dataset");
     const H5::DataSpace space = ds.getSpace();
     const std::size_t n = detail::space_elements(space, nullptr);
+    check_memory(path_ + ": dataset " + detail::quoted(path),
+                 {{std::to_string(n) + " strings", static_cast<double>(n) * 40.0}},
+                 "the report is damaged or not one of moescope's");
     return detail::read_string_values(ds.getStrType(), space, n,
                                       [&](void* buf, const H5::DataType& mem) { ds.read(buf, mem); });
   } catch (const H5::Exception& e) {
@@ -604,6 +677,8 @@ AttrValue ReportReader::attr(const std::string& object_path, const std::string& 
     const H5::DataSpace space = a.getSpace();
     std::vector<std::size_t> dims;
     const std::size_t n = detail::space_elements(space, &dims);
+    check_memory(path_ + ": attribute " + where, {{std::to_string(n) + " values", static_cast<double>(n) * 8.0}},
+                 "the report is damaged or not one of moescope's");
     if (dims.size() > 1) {
       fail_input(path_, "attribute " + where + " has " + std::to_string(dims.size()) + " dimensions");
     }

@@ -7,6 +7,7 @@
 #include "moescope/util/error.hpp"
 #include "moescope/util/json.hpp"
 #include "moescope/util/strings.hpp"
+#include "moescope/version.hpp"
 
 namespace fs = std::filesystem;
 
@@ -73,6 +74,43 @@ bool Run::is_run(const std::string& path) {
   return is_run_config(nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false));
 }
 
+namespace {
+
+// The major version of "MAJOR.MINOR.PATCH[+...]"; -1 when it does not start with a number.
+long major_of(const std::string& v) {
+  if (v.empty() || v[0] < '0' || v[0] > '9') return -1;
+  long m = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') break;
+    if (m > 1000000) return -1;
+    m = m * 10 + (c - '0');
+  }
+  return m;
+}
+
+}  // namespace
+
+void check_run_format(const nlohmann::json& state, const std::string& file) {
+  if (!state.is_object()) fail_input(file, "not a checkpoint state: expected a JSON object");
+  std::string writer = "an unknown moescope";
+  if (const auto v = state.find("moescope_version"); v != state.end() && v->is_string())
+    writer = "moescope " + printable(v->get<std::string>(), 40);
+  const std::string upgrade = "; this moescope (" + std::string(kVersion) + ") reads run format " +
+                              std::to_string(kRunFormat) + " and older: open it with a newer moescope";
+  if (const auto f = state.find("run_format"); f != state.end()) {
+    if (!f->is_number_integer() || f->get<std::int64_t>() < 1)
+      fail_input(file, "\"run_format\" must be a positive integer, got " + printable(f->dump(), 40));
+    if (f->get<std::int64_t>() > kRunFormat)
+      fail_input(file, "the run was written by " + writer + " in run format " + std::to_string(f->get<std::int64_t>()) +
+                           upgrade);
+    return;
+  }
+  if (const auto v = state.find("moescope_version"); v != state.end() && v->is_string()) {
+    const long theirs = major_of(v->get<std::string>()), ours = major_of(kVersion);
+    if (theirs > ours) fail_input(file, "the run was written by " + writer + ", a newer major version" + upgrade);
+  }
+}
+
 Run Run::open(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail_input(path, "no such file or folder");
@@ -83,6 +121,8 @@ Run Run::open(const std::string& path) {
     fail_input(path, std::string("not a moescope run (no config.json beside it or in the folder above): ") +
                          kRunDescription);
   Run run;
+  if (const fs::path state = at.step / "state.json"; fs::is_regular_file(state, ec))
+    check_run_format(read_json_file(state.string(), "the checkpoint state"), state.string());
   run.config_ = read_json_file(cfg.string(), "the run config");
   if (!is_run_config(run.config_)) fail_input(cfg.string(), "not a run config: it has no \"model\" object");
   run.config_file_ = cfg.string();

@@ -7,6 +7,7 @@
 #include "moescope/io/report.hpp"
 #include "moescope/model/params.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/memory.hpp"
 #include "moescope/util/sha256.hpp"
 #include "moescope/util/strings.hpp"
 
@@ -80,6 +81,30 @@ std::vector<Direction> eigen_dirs(const TaskModel& model, const std::vector<Name
 
 }  // namespace
 
+std::vector<MemoryItem> landscape_memory(std::int64_t parameters, std::size_t splits, bool text,
+                                         const LandscapeRequest& r) {
+  const double points = static_cast<double>(r.x.count) * static_cast<double>(r.y ? r.y->count : 1);
+  const double metrics = static_cast<double>(splits) * (text ? 3.0 : 2.0);
+  const double n = static_cast<double>(parameters);
+  const double ndirs = r.y ? 2.0 : 1.0;
+  const std::string grid = std::to_string(r.x.count) + (r.y ? " x " + std::to_string(r.y->count) : std::string());
+  std::vector<MemoryItem> items;
+  // values (float64) and a done flag per point, then one more copy per metric while the report is written
+  items.push_back({"grid of " + grid + " points x " + std::to_string(static_cast<int>(metrics)) +
+                       " metrics (float64, and a copy for the report)",
+                   points * (2.0 * metrics * 8.0 + 1.0)});
+  items.push_back({"directions and the saved weights (" + std::to_string(static_cast<int>(ndirs) + 1) + " x " +
+                       std::to_string(parameters) + " values)",
+                   (ndirs + 1.0) * n * 8.0});
+  if (r.dirs == "eigen") {
+    HessianRequest h;
+    h.eigen = r.eigen;
+    h.eigen.k = static_cast<std::int64_t>(ndirs);
+    for (const MemoryItem& i : hessian_memory(parameters, h)) items.push_back(i);
+  }
+  return items;
+}
+
 LandscapeAnalysis compute_landscape(LoadedRun& run, const LandscapeRequest& r, const Provenance& provenance) {
   if (r.sharpness_dirs < 1) invalid_argument("compute_landscape", "sharpness_dirs must be at least 1");
   for (double radius : r.sharpness)
@@ -91,6 +116,8 @@ LandscapeAnalysis compute_landscape(LoadedRun& run, const LandscapeRequest& r, c
   const auto params = select_parameters(model.module(), r.params);
   for (const auto& p : params) a.parameters += p.second.numel();
   const std::size_t ndirs = r.y ? 2 : 1;
+  check_memory("landscape", landscape_memory(a.parameters, data.names.size(), data.data.is_text, r),
+               "use fewer grid points (the COUNT of --x/--y), fewer --split, or fewer parameters with --params");
 
   // Directions.
   a.dirs_kind = r.dirs;

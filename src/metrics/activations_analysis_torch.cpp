@@ -12,6 +12,7 @@
 #include "moescope/metrics/activations_torch.hpp"
 #include "moescope/metrics/hf_activations_torch.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/memory.hpp"
 #include "moescope/util/json.hpp"
 
 namespace moescope {
@@ -120,6 +121,29 @@ std::int64_t foreign_top_k(const ActivationsRequest& r, const Layout& layout, st
   return layout.family == "switch" ? 1 : 2;
 }
 
+// The largest allocations of one layer's pass: its experts' matrices in float32 when read from a checkpoint (with
+// the float64 staging of the largest one), and per batch every expert's output for every token ([T, E, O] float32,
+// and its copy) with one expert's intermediate activations.
+std::vector<MemoryItem> activations_memory(const MoELayerLayout& l, std::int64_t tokens_per_batch, bool own) {
+  std::vector<MemoryItem> items;
+  const auto E = static_cast<double>(l.experts.size());
+  double width = 1, weights = 0, largest = 0;
+  for (const auto& e : l.experts)
+    for (const auto& m : e.matrices) {
+      width = std::max<double>(width, static_cast<double>(std::max(m.rows, m.cols)));
+      weights += static_cast<double>(m.numel()) * 4.0;
+      largest = std::max(largest, static_cast<double>(m.numel()) * 8.0);
+    }
+  if (!own) items.push_back({l.key + "'s expert matrices in float32", weights + largest});
+  const double T = static_cast<double>(tokens_per_batch);
+  items.push_back({"expert outputs of a batch (" + std::to_string(tokens_per_batch) + " tokens x " +
+                       std::to_string(l.experts.size()) + " experts x width " + std::to_string(static_cast<long long>(width)) +
+                       ", float32, twice)",
+                   T * E * width * 8.0});
+  items.push_back({"one expert's activations on a batch", T * width * 16.0});
+  return items;
+}
+
 }  // namespace
 
 ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
@@ -146,10 +170,25 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
   LayoutOptions lo;
   lo.expert_pattern = r.expert_pattern;
   lo.pattern_source = r.expert_pattern_source;
-  const Layout layout = detect_layout(src->tensors(), lo);
+  const Layout layout = detect_layout(*src, lo);
   const std::vector<const MoELayerLayout*> layers = select_layers(layout, r.layers, r.checkpoint);
   std::unique_ptr<SafetensorsFile> recorded;
   if (!r.activations_file.empty()) recorded = std::make_unique<SafetensorsFile>(r.activations_file);
+  {
+    // Tokens per batch: samples for a classifier's head, samples x context for an LM's layers (data path).
+    std::int64_t tokens = std::max<std::int64_t>(1, r.options.batch_size);
+    if (own && !recorded && !r.random_probe && run->model.is_lm())
+      tokens *= std::max<std::int64_t>(1, run->model.config().value("context", std::int64_t{1}));
+    std::vector<MemoryItem> worst;
+    double worst_bytes = -1;
+    for (const MoELayerLayout* l : layers) {
+      const auto items = activations_memory(*l, tokens, own);
+      double b = 0;
+      for (const auto& i : items) b += i.bytes;
+      if (b > worst_bytes) worst_bytes = b, worst = items;
+    }
+    check_memory("activations", worst, "lower --batch-size (tokens per forward pass; results do not depend on it)");
+  }
   a.meta.family = layout.family;
   a.meta.batch_size = r.options.batch_size;
   a.meta.max_tokens = r.options.max_tokens;
@@ -243,6 +282,7 @@ ActivationsAnalysis analyse_activations(const ActivationsRequest& r) {
       }
       g.layers.push_back(expert_geometry(*src, *it->second, r.geometry_options));
       g.prefixes.push_back(it->second->prefix);
+      a.notes.insert(a.notes.end(), g.layers.back().notes.begin(), g.layers.back().notes.end());
       a.overlaps.push_back({l.key, g.layers.back().overlap, l.overlap.overlap, g.layers.back().mso, l.overlap.mso});
     }
     if (!a.overlaps.empty()) a.comparison = compare_spaces(a.overlaps);

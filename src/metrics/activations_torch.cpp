@@ -30,8 +30,28 @@ void tokens_done(const ActivationsOptions& o, const std::string& key, std::int64
 torch::Tensor read_matrix(const TensorSource& src, const MatrixView& v, bool vector) {
   std::vector<double> buf(static_cast<std::size_t>(v.numel()));
   read_view_f64(src, v, 0, v.numel(), buf.data());
+  // Experts with a NaN or infinite weight give NaN outputs for every token: refuse them, naming the element.
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    if (!std::isfinite(buf[i]))
+      fail_input(src.file_of(v.tensor), "tensor '" + v.tensor + "' (" + v.role + "): element [" +
+                                            std::to_string(static_cast<std::int64_t>(i) / std::max<std::int64_t>(v.cols, 1)) +
+                                            ", " + std::to_string(static_cast<std::int64_t>(i) % std::max<std::int64_t>(v.cols, 1)) +
+                                            "] is " + (std::isnan(buf[i]) ? "nan" : (buf[i] > 0 ? "inf" : "-inf")) +
+                                            "; activations need finite weights");
   auto t = torch::from_blob(buf.data(), {v.numel()}, torch::kFloat64).to(torch::kFloat32);
   return vector ? t : t.view({v.rows, v.cols});
+}
+
+// Recorded values with a NaN or an infinity (a diverged recording) would make every statistic of the layer NaN.
+void require_finite_rows(const std::vector<float>& v, std::int64_t width, std::int64_t first_row,
+                         const std::string& file, const std::string& tensor) {
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      fail_input(file, "tensor '" + tensor + "': element [" +
+                           std::to_string(first_row + static_cast<std::int64_t>(i) / width) + ", " +
+                           std::to_string(static_cast<std::int64_t>(i) % width) + "] is " +
+                           (std::isnan(v[i]) ? "nan" : (v[i] > 0 ? "inf" : "-inf")) +
+                           "; recorded activations must be finite");
 }
 
 TokenRouting top_k_of(const torch::Tensor& probs, std::int64_t k) {
@@ -257,6 +277,7 @@ std::optional<LayerActivations> recorded_layer(const ExpertBank& b, const Tensor
   if (!dtype_is_float(in->dtype) || in->shape.size() != 2 || in->shape[1] != b.dim)
     throw InputError(file + ": " + in->name + " is " + std::string(dtype_name(in->dtype)) + " " +
                      shape_string(in->shape) + ", expected a float [tokens, " + std::to_string(b.dim) + "] tensor");
+  if (in->shape[0] == 0) throw InputError(file + ": " + in->name + " holds no tokens (shape " + shape_string(in->shape) + ")");
   const std::int64_t T = opts.max_tokens > 0 ? std::min(opts.max_tokens, in->shape[0]) : in->shape[0];
   const TensorInfo* pr = recorded.find(b.key + ".router_probs");
   if (pr && (!dtype_is_float(pr->dtype) || pr->shape.size() != 2 || pr->shape[0] != in->shape[0] ||
@@ -272,11 +293,13 @@ std::optional<LayerActivations> recorded_layer(const ExpertBank& b, const Tensor
     const std::int64_t n = std::min(bs, T - at);
     xb.resize(static_cast<std::size_t>(n * b.dim));
     recorded.read_f32(in->name, at * b.dim, n * b.dim, xb.data());
+    require_finite_rows(xb, b.dim, at, file, in->name);
     const auto x = torch::from_blob(xb.data(), {n, b.dim}, torch::kFloat32);
     TokenRouting r;
     if (pr) {
       pb.resize(static_cast<std::size_t>(n * b.experts));
       recorded.read_f32(pr->name, at * b.experts, n * b.experts, pb.data());
+      require_finite_rows(pb, b.experts, at, file, pr->name);
       r = top_k_of(torch::from_blob(pb.data(), {n, b.experts}, torch::kFloat32), b.top_k);
     } else if (b.route) {
       r = b.route(x);

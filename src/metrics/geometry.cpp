@@ -173,7 +173,46 @@ GramSums run_task(const TensorSource& src, const RolePlan& r, const Task& t, Gra
   return kernel.take();
 }
 
+// The first NaN or infinity among an expert's chosen matrices, as an InputError naming the tensor and the element
+// (called when the expert's squared norm came out non-finite). Reads the views again, chunk by chunk.
+[[noreturn]] void fail_non_finite(const TensorSource& src, const std::string& key, int expert,
+                                  const std::vector<const MatrixView*>& views) {
+  std::vector<double> buf;
+  for (const MatrixView* v : views) {
+    const std::int64_t n = v->numel(), chunk = 1 << 16;
+    for (std::int64_t at = 0; at < n; at += chunk) {
+      const std::int64_t m = std::min(chunk, n - at);
+      buf.resize(static_cast<std::size_t>(m));
+      read_view_f64(src, *v, at, m, buf.data());
+      for (std::int64_t i = 0; i < m; ++i) {
+        const double x = buf[static_cast<std::size_t>(i)];
+        if (std::isfinite(x)) continue;
+        const std::int64_t flat = at + i;
+        fail_input(src.file_of(v->tensor),
+                   "tensor '" + v->tensor + "' (" + key + ", expert " + std::to_string(expert) + ", " + v->role +
+                       "): element [" + std::to_string(flat / std::max<std::int64_t>(v->cols, 1)) + ", " +
+                       std::to_string(flat % std::max<std::int64_t>(v->cols, 1)) + "] of the expert's matrix is " +
+                       (std::isnan(x) ? "nan" : (x > 0 ? "inf" : "-inf")) +
+                       "; geometry needs finite weights (inspect the checkpoint, or leave the layer out with --layers)");
+      }
+    }
+  }
+  fail_input(src.path(), key + ", expert " + std::to_string(expert) +
+                             ": the squared norm of the expert's weights overflows float64 (values above ~1e154)");
+}
+
 }  // namespace
+
+double mean_squared_overlap(const Eigen::MatrixXd& overlap, const std::vector<int>& left_out) {
+  std::vector<Eigen::Index> kept;
+  for (Eigen::Index i = 0; i < overlap.rows(); ++i)
+    if (std::find(left_out.begin(), left_out.end(), static_cast<int>(i)) == left_out.end()) kept.push_back(i);
+  if (kept.size() < 2) return std::numeric_limits<double>::quiet_NaN();
+  Eigen::MatrixXd sub(kept.size(), kept.size());
+  for (std::size_t a = 0; a < kept.size(); ++a)
+    for (std::size_t b = 0; b < kept.size(); ++b) sub(a, b) = overlap(kept[a], kept[b]);
+  return mean_squared_overlap(sub);
+}
 
 double mean_squared_overlap(const Eigen::MatrixXd& overlap) {
   const auto E = overlap.rows();
@@ -240,6 +279,12 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
       if (!later) release_after[r].push_back(v->tensor);
     }
 
+  if (g.dim == 0) {
+    std::string names;
+    for (const auto& r : g.roles) names += (names.empty() ? "" : ",") + r;
+    fail_input(src.path(), layer.key + ": the experts' chosen matrices (" + names +
+                               ") hold no values (zero-size tensors): there is nothing to compare");
+  }
   // Threads take tasks in order; finished tasks are added to the total strictly in task order.
   GramSums total(g.experts);
   std::map<std::size_t, GramSums> done;  // finished, waiting for their turn
@@ -298,17 +343,39 @@ LayerGeometry expert_geometry(const TensorSource& src, const MoELayerLayout& lay
   if (error) std::rethrow_exception(error);
 
   g.gram = total.gram_matrix();
+  // A NaN or infinity anywhere in an expert's vector makes its squared norm non-finite: name the element.
+  for (Eigen::Index e = 0; e < E; ++e) {
+    if (std::isfinite(g.gram(e, e))) continue;
+    std::vector<const MatrixView*> views;
+    for (const auto& role : g.roles) views.push_back(layer.experts[static_cast<std::size_t>(e)].find(role));
+    fail_non_finite(src, layer.key, layer.experts[static_cast<std::size_t>(e)].index, views);
+  }
   const double sq_dev = total.sq_dev;
   g.overlap = overlap_from_gram(g.gram);
-  g.mso = mean_squared_overlap(g.overlap);
+  for (Eigen::Index e = 0; e < E; ++e) {
+    if (g.gram(e, e) > 0) continue;
+    const ExpertLayout& ex = layer.experts[static_cast<std::size_t>(e)];
+    g.zero_experts.push_back(static_cast<int>(e));
+    std::string tensors;
+    for (const auto& role : g.roles) tensors += (tensors.empty() ? "" : ", ") + ex.find(role)->tensor;
+    g.notes.push_back(layer.key + ": expert " + std::to_string(ex.index) + " is all zeros (" + tensors +
+                      "): its cosine with any expert is undefined, so it is NaN in overlap and left out of mso and "
+                      "param_variance_normalized");
+  }
+  g.mso = mean_squared_overlap(g.overlap, g.zero_experts);
   for (Eigen::Index e = 0; e < E; ++e) g.norms.push_back(std::sqrt(g.gram(e, e)));
   g.mean_norm = 0;
   for (double x : g.norms) g.mean_norm += x / static_cast<double>(E);
   const double D = static_cast<double>(g.dim);
   g.param_variance = sq_dev / static_cast<double>(E - 1) / D;
-  // on unit vectors: sum_c var_c(u) = (E - sum_ij overlap_ij / E) / (E - 1)
-  g.param_variance_normalized = (static_cast<double>(E) - g.overlap.sum() / static_cast<double>(E)) /
-                                (static_cast<double>(E - 1) * D);
+  // on unit vectors (the K experts that have one): sum_c var_c(u) = (K - sum_ij overlap_ij / K) / (K - 1)
+  const double K = static_cast<double>(E) - static_cast<double>(g.zero_experts.size());
+  double osum = 0;
+  for (Eigen::Index i = 0; i < E; ++i)
+    for (Eigen::Index j = 0; j < E; ++j)
+      if (g.gram(i, i) > 0 && g.gram(j, j) > 0) osum += g.overlap(i, j);
+  g.param_variance_normalized =
+      K >= 2 ? (K - osum / K) / ((K - 1) * D) : std::numeric_limits<double>::quiet_NaN();
   return g;
 }
 
@@ -321,6 +388,7 @@ CheckpointGeometry checkpoint_geometry(const TensorSource& src, const std::strin
   for (const MoELayerLayout* l : layers) {
     out.layers.push_back(expert_geometry(src, *l, opts));
     out.prefixes.push_back(l->prefix);
+    out.notes.insert(out.notes.end(), out.layers.back().notes.begin(), out.layers.back().notes.end());
     const auto done = static_cast<std::int64_t>(out.layers.size());
     report(progress, make_progress("geometry", done, total, "layers", out.layers.back().mso, "mso", l->key, done == total));
   }
@@ -354,6 +422,7 @@ void write_layer_geometry(ReportWriter& w, const LayerGeometry& g, const std::st
   w.set_attr(base, "experts", std::int64_t{g.experts});
   w.set_attr(base, "dim", g.dim);
   w.set_attr(base, "prefix", prefix);
+  w.set_attr(base, "zero_experts", std::vector<std::int64_t>(g.zero_experts.begin(), g.zero_experts.end()));
 }
 
 void write_geometry(ReportWriter& w, const CheckpointGeometry& g) {

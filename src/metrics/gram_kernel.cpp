@@ -15,6 +15,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MOESCOPE_NO_MULTIVERSION)
 #define MOESCOPE_GRAM_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define MOESCOPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define MOESCOPE_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
@@ -435,7 +436,13 @@ void block_avx512(const Work& w, std::int64_t n8) {
 bool cpu_has(GramIsa isa) {
 #if MOESCOPE_GRAM_X86
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#if defined(__clang__) && __clang_major__ < 16  // clang before 16 has no "f16c" for __builtin_cpu_supports
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+#else
+  const bool f16c = __builtin_cpu_supports("f16c");
+#endif
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   if (isa == GramIsa::Avx2) return avx2;
   if (isa == GramIsa::Avx512) return avx2 && __builtin_cpu_supports("avx512f");
 #endif

@@ -7,6 +7,7 @@
 
 #include "moescope/data/token_dataset_torch.hpp"
 #include "moescope/io/hf_folder.hpp"
+#include "moescope/io/tensor.hpp"
 #include "moescope/io/weights_torch.hpp"
 #include "moescope/model/classifier.hpp"
 #include "moescope/model/lm.hpp"
@@ -28,6 +29,26 @@ std::shared_ptr<torch::nn::Module> build(F&& f) {
   }
 }
 }  // namespace
+
+void require_finite_weights(const torch::nn::Module& module, const std::string& file) {
+  torch::NoGradGuard ng;
+  for (const auto& [name, t] : state_entries(module)) {
+    if (!t.defined() || !t.is_floating_point()) continue;
+    const torch::Tensor bad = torch::logical_not(torch::isfinite(t.detach())).reshape({-1});
+    const std::int64_t count = bad.sum().item<std::int64_t>();
+    if (count == 0) continue;
+    const std::int64_t flat = bad.nonzero()[0][0].item<std::int64_t>();
+    std::vector<std::int64_t> index(static_cast<std::size_t>(t.dim()));
+    for (std::int64_t d = t.dim() - 1, rest = flat; d >= 0; --d) {
+      index[static_cast<std::size_t>(d)] = rest % t.size(d);
+      rest /= t.size(d);
+    }
+    const double v = t.detach().reshape({-1})[flat].item<double>();
+    fail_input(file, "tensor '" + name + "' holds " + (std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf")) + " at " +
+                         shape_string(index) + " (" + std::to_string(count) + " of " + std::to_string(t.numel()) +
+                         " values are not finite); analyses need finite weights");
+  }
+}
 
 void check_model_config(const nlohmann::json& config) {
   if (!config.is_object()) throw InputError("model config: expected a JSON object");
@@ -269,6 +290,7 @@ LoadedRun load_run(const std::string& path, const RunLoadOptions& options) {
   const std::set<std::string> optional =
       notes.empty() ? std::set<std::string>{} : std::set<std::string>{"input_mean", "input_std"};
   load_module_weights(model.module(), run.weights_file(), optional);
+  require_finite_weights(model.module(), run.weights_file());
   model.module().eval();
   LoadedRun loaded{std::move(run), std::move(model), std::move(data), std::move(notes), "", options};
   return loaded;

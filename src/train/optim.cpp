@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -14,6 +15,7 @@
 #include "moescope/util/json.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/files.hpp"
 
 namespace moescope {
 
@@ -207,22 +209,17 @@ double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm)
 }
 
 void save_optimizer(torch::optim::Optimizer& optimizer, const std::string& path) {
-  const std::string tmp = path + ".tmp";
+  // Serialised in memory, then written by write_file_atomic: LibTorch's file writer throws from its destructor
+  // when a write fails (disk full, `ulimit -f`), which terminates the process instead of reporting it.
+  std::ostringstream bytes;
   try {
     torch::serialize::OutputArchive archive;
     optimizer.save(archive);
-    archive.save_to(tmp);
+    archive.save_to(bytes);
   } catch (const std::exception& e) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
     fail_input(path, "cannot write optimizer state: " + short_what(e));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    fail_input(path, "cannot rename " + tmp + " into place: " + ec.message());
-  }
+  write_file_atomic(path, bytes.str());
 }
 
 void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path) {

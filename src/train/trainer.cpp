@@ -409,13 +409,23 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
                    "the run was started with another config; resume with the same config or a new name");
       }
       const nlohmann::json state = read_json_file((last / "state.json").string(), "the checkpoint state");
-      start = state.at("step").get<std::int64_t>();
+      check_run_format(state, (last / "state.json").string());
+      const auto step_it = state.find("step");
+      if (step_it == state.end() || !step_it->is_number_integer() || step_it->get<std::int64_t>() < 0 ||
+          step_it->get<std::int64_t>() > total_steps)
+        fail_input((last / "state.json").string(), "\"step\" must be an integer from 0 to " +
+                                                       std::to_string(total_steps));
+      start = step_it->get<std::int64_t>();
       load_module_weights(model.module(), (last / "model.safetensors").string());
       load_optimizer(*optimizer, (last / "optimizer.pt").string());
       if (omoe) omoe->load_state(load_tensor_map(last / "omoe.safetensors"));
       if (fs::exists(log_path)) {
         log.read(log_path.string());
         log.truncate(start);
+        // A finished run resumed: its final evaluation is made again below (the same numbers), not appended twice.
+        while (start == total_steps && !log.val_step.empty() && log.val_step.back() == start) {
+          log.val_step.pop_back(), log.val_loss.pop_back(), log.val_acc.pop_back(), log.val_ppl.pop_back();
+        }
       }
       result.last_checkpoint = last.string();
       report(options.progress, make_progress("train", start, total_steps, "steps", std::nan(""), "", "", false,
@@ -443,7 +453,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     }
     write_file_atomic((tmp / "state.json").string(),
                       nlohmann::json{{"step", steps_done}, {"total_steps", total_steps}, {"seed", config.seed},
-                                     {"moescope_version", kVersion}}
+                                     {"moescope_version", kVersion}, {"run_format", kRunFormat}}
                           .dump(2));
     // The log first: a run killed between the two has a log ahead of its last checkpoint (a resume truncates it),
     // never a checkpoint ahead of its log (a finished run would then lack its final evaluation).

@@ -1,5 +1,6 @@
 #include "moescope/util/runtime.hpp"
 
+#include <csignal>
 #include <cstdlib>
 
 #if defined(__GLIBC__)
@@ -29,6 +30,12 @@ void reexec_with_passive_openmp(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure: go on as we are (children inherit the variable)
 #else
   (void)argv;
+#endif
+}
+
+void ignore_file_size_signal() {
+#if defined(SIGXFSZ)
+  std::signal(SIGXFSZ, SIG_IGN);
 #endif
 }
 

@@ -1,4 +1,4 @@
-// libFuzzer entry point (not built by CMake): the input is read as a token-id file under each of the three
+// libFuzzer target (-DMOESCOPE_FUZZ=ON, tools/fuzz.sh): the input is read as a token-id file under each of the three
 // names that pick a format (text, .npy, .safetensors) and once by content. Only InputError may escape; every
 // id returned must lie in the vocabulary. Build and run: see tests/fuzz/README.md.
 #include <cstddef>
@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "moescope/data/token_ids.hpp"
+#include "fuzz_support.hpp"
 #include "moescope/util/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -18,7 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (std::int32_t id : ids) {
           if (id < 0 || (vocab > 0 && id >= vocab)) __builtin_trap();
         }
-      } catch (const moescope::InputError&) {
+      } catch (const moescope::InputError& e) {
+        moescope::fuzz::refused(e);
       }
     }
   }

@@ -1,4 +1,4 @@
-// libFuzzer entry point (not built by CMake): the input is parsed as a tokenizer.json; a tokenizer that loads
+// libFuzzer target (-DMOESCOPE_FUZZ=ON, tools/fuzz.sh): the input is parsed as a tokenizer.json; a tokenizer that loads
 // encodes and decodes a few fixed texts. Only InputError may escape the library; anything else (another
 // exception, a crash, a sanitizer report) is a finding. Build and run: see tests/fuzz/README.md.
 #include <cstddef>
@@ -7,6 +7,7 @@
 #include <string>
 
 #include "moescope/data/tokenizer.hpp"
+#include "fuzz_support.hpp"
 #include "moescope/util/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -31,7 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     }
     (void)tok.decode({-1, 0, 1, 2, 3, 1 << 30}, false);
-  } catch (const moescope::InputError&) {
+  } catch (const moescope::InputError& e) {
+    moescope::fuzz::refused(e);
   }
   return 0;
 }

@@ -1,9 +1,5 @@
-// libFuzzer target for the torch.save reader (io/torch_pickle over io/zip). Not part of the CMake build; e.g.
-//   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
-//     -std=c++17 -Iinclude tests/fuzz/fuzz_torch_pickle.cpp \
-//     src/io/torch_pickle.cpp src/io/zip.cpp src/util/tensor_source.cpp src/util/tensor_convert.cpp \
-//     src/util/error.cpp src/util/printable.cpp -lz -o fuzz_torch_pickle
-//   ./fuzz_torch_pickle -max_len=16384 CORPUS_DIR tests/data/torch_pickle
+// libFuzzer target for the torch.save reader (io/torch_pickle over io/zip), built with -DMOESCOPE_FUZZ=ON
+// (tools/fuzz.sh; replay with build-fuzz/fuzz_torch_pickle FILE).
 // FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (the usual fuzz-build macro) makes io/zip compute but not enforce
 // CRC-32s, so that mutations of data.pkl reach the pickle VM instead of stopping at the checksum.
 // Opening the bytes runs the archive parser and the pickle VM; reading every tensor runs CRC checks, inflation
@@ -12,6 +8,7 @@
 #include <cstdint>
 
 #include "moescope/io/torch_pickle.hpp"
+#include "fuzz_support.hpp"
 #include "moescope/util/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -34,7 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       src->release(t.name);
     }
-  } catch (const InputError&) {
+  } catch (const InputError& e) {
+    moescope::fuzz::refused(e);
   }
   return 0;
 }

@@ -1,6 +1,10 @@
 #include "moescope/io/report.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <csignal>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -369,6 +373,101 @@ print("ok")
   const int status = pclose(pipe);
   EXPECT_EQ(status, 0) << out;
   EXPECT_EQ(out, "ok\n");
+}
+
+// A report opened while another process writes it (issue 15). The other process is a child holding a ReportWriter
+// (and so its NAME.tmp, locked) until the parent has tried; pipes order the two.
+class OtherWriter {
+ public:
+  explicit OtherWriter(const std::string& path) {
+    if (::pipe(ready_) != 0 || ::pipe(go_) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        ReportWriter w(path);
+        w.write_scalar("/x", 42.0);
+        char c = 1;
+        if (::write(ready_[1], &c, 1) != 1 || ::read(go_[0], &c, 1) != 1) code = 3;
+        w.write_scalar("/y", 43.0);
+        w.commit();
+      } catch (...) {
+        code = 4;
+      }
+      ::_exit(code);
+    }
+    char c = 0;
+    if (::read(ready_[0], &c, 1) != 1) throw std::runtime_error("child did not start");
+  }
+  /// Lets the child finish and returns its exit code.
+  int finish() {
+    char c = 1;
+    if (::write(go_[1], &c, 1) != 1) return -1;
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  int ready_[2], go_[2];
+  pid_t pid_ = -1;
+};
+
+TEST(Report, SecondWriterOfTheSameReportIsRefusedAndTheFirstIsUnharmed) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  OtherWriter other(path);
+  const std::string m = input_error_message([&] { ReportWriter w(path); });
+  EXPECT_EQ(m, path + ": another process is writing this report (" + path + ".tmp); wait for it or choose another -o");
+  ASSERT_EQ(other.finish(), 0);
+  ReportReader r(path);  // the first writer's report is whole: the refused one neither truncated nor removed it
+  EXPECT_EQ(r.read_scalar("/x"), 42.0);
+  EXPECT_EQ(r.read_scalar("/y"), 43.0);
+}
+
+TEST(Report, ReadingAFileAnotherProcessHasOpenForWritingSaysSo) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  OtherWriter other(path);  // HDF5 holds its own lock on r.h5.tmp while the child writes it
+  const std::string m = input_error_message([&] { ReportReader r(path + ".tmp"); });
+  EXPECT_EQ(m.rfind(path + ".tmp: cannot open report: another process has it open for writing (", 0), 0u) << m;
+  EXPECT_EQ(testing::line_count(m), 0) << m;
+  ASSERT_EQ(other.finish(), 0);
+}
+
+// Regression (kill harness, issue 15): past `ulimit -f` (SIGXFSZ ignored, writes fail with EFBIG) libhdf5 1.10.8
+// crashed closing the half-written file (SIGSEGV in H5F__close). The writer must refuse with one InputError naming
+// the report, and leave no temporary file. Run in a child: the file size limit is the process's.
+TEST(Report, AFullDiskIsAnInputErrorNotACrash) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit lim{16384, 16384};
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(5);
+    int code = 0;
+    try {
+      ReportWriter w(path);
+      const std::vector<double> big(1 << 16, 1.5);  // 512 KiB: past the limit
+      for (int i = 0; i < 4; ++i) w.write("/v" + std::to_string(i), big, {big.size()});
+      w.commit();
+      code = 3;  // accepted: wrong
+    } catch (const InputError& e) {
+      const std::string m = e.what();
+      code = m.rfind(path + ": cannot ", 0) == 0 && m.find('\n') == std::string::npos ? 0 : 4;
+    } catch (...) {
+      code = 6;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_FALSE(file_exists(path));
+  EXPECT_FALSE(file_exists(path + ".tmp"));
 }
 
 }  // namespace

@@ -99,3 +99,41 @@ TEST(Run, StepNumbers) {
   EXPECT_EQ(step_number("step_x"), -1);
   EXPECT_EQ(step_number("step_99999999999999999999999"), -1);  // too long for an int64: not a step
 }
+
+// Runs record the format and version that wrote them (state.json); a newer major format is refused with a message
+// that says who wrote it and what to do, older and unmarked runs open as before.
+TEST(Run, RefusesARunOfANewerFormat) {
+  TempDir dir;
+  const std::string run = make_run(dir, {0, 5});
+  const std::string state = run + "/step_5/state.json";
+  write_text(state, R"({"step": 5, "moescope_version": "7.2.0", "run_format": 9})");
+  try {
+    moescope::Run::open(run);
+    FAIL() << "a run of format 9 was opened";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind(state + ": the run was written by moescope 7.2.0 in run format 9; this moescope (", 0), 0u) << m;
+    EXPECT_NE(m.find("reads run format 1 and older: open it with a newer moescope"), std::string::npos) << m;
+  }
+  // the older step of the same run has no state.json: opening it directly still works
+  EXPECT_NO_THROW(moescope::Run::open(run + "/step_0"));
+  write_text(state, R"({"step": 5, "moescope_version": "0.1.0", "run_format": 1})");
+  EXPECT_NO_THROW(moescope::Run::open(run));
+  write_text(state, R"({"step": 5, "moescope_version": "0.0.9+gabc"})");  // written before run_format existed
+  EXPECT_NO_THROW(moescope::Run::open(run));
+  write_text(state, R"({"step": 5, "moescope_version": "3.0.0"})");  // no format, but a newer major version
+  EXPECT_THROW(moescope::Run::open(run), InputError);
+  write_text(state, R"({"step": 5, "run_format": "one"})");
+  EXPECT_THROW(moescope::Run::open(run), InputError);
+  write_text(state, R"([1, 2])");
+  EXPECT_THROW(moescope::Run::open(run), InputError);
+}
+
+TEST(Run, CheckRunFormat) {
+  EXPECT_NO_THROW(check_run_format(nlohmann::json::object(), "s.json"));
+  EXPECT_NO_THROW(check_run_format({{"run_format", kRunFormat}}, "s.json"));
+  EXPECT_THROW(check_run_format({{"run_format", kRunFormat + 1}}, "s.json"), InputError);
+  EXPECT_THROW(check_run_format({{"run_format", 0}}, "s.json"), InputError);
+  EXPECT_THROW(check_run_format({{"moescope_version", "99.0.0"}}, "s.json"), InputError);
+  EXPECT_NO_THROW(check_run_format({{"moescope_version", "garbage"}}, "s.json"));
+}

@@ -192,7 +192,9 @@ TEST(Zip, ReadChecksCrcAndDeflateStreams) {
   {
     std::string a = good;
     a[l.data[0]] ^= 1;
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // fuzz builds compute CRC-32s without enforcing them
     EXPECT_NE(read_error(a, "arch/one").find("member 'arch/one': CRC-32 mismatch"), std::string::npos);
+#endif
     ZipArchive z(bytes(a), a.size(), "a.zip");
     std::vector<std::uint8_t> buf;
     EXPECT_NO_THROW(z.read(z.entries()[0], buf, false));  // unless asked not to check

@@ -174,6 +174,58 @@ TEST(Geometry, MeanSquaredOverlapFormula) {
 }
 
 
+// Bad weights (issue 15). A zero expert has no direction: NaN cosines, left out of the MSO and of the variance on
+// unit vectors, with a note naming its tensors; the MSO of the others is then the closed form of those alone.
+TEST(Geometry, ZeroExpertIsLeftOutOfTheMsoWithANote) {
+  // experts 0 and 1 at 60 degrees (cos 0.5), expert 2 all zeros
+  const float s3 = std::sqrt(3.0f) / 2;
+  Fixture f({{1, 0, 0, 0}, {0.5f, s3, 0, 0}, {0, 0, 0, 0}}, 1, 1, 2);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  ASSERT_EQ(g.zero_experts, std::vector<int>{2});
+  EXPECT_NEAR(g.mso, 0.25, 1e-7);  // cos^2 of the one remaining pair; the float32 sqrt(3)/2 limits it to ~1e-7
+  EXPECT_TRUE(std::isnan(g.overlap(2, 0)) && std::isnan(g.overlap(0, 2)) && std::isnan(g.overlap(2, 2)));
+  // on the 2 unit vectors: (K - sum overlap / K) / ((K - 1) D) = (2 - (2 + 2 * 0.5) / 2) / (1 * 4)
+  EXPECT_NEAR(g.param_variance_normalized, (2.0 - 3.0 / 2.0) / 4.0, 1e-7);
+  // on v_e every expert counts: per coordinate unbiased variance over 3 experts, summed over coordinates / D
+  const double c0 = (1.0 + 0.25 + 0.0 - (1.5 * 1.5) / 3.0) / 2.0, c1 = (0.75 - 0.75 / 3.0) / 2.0;
+  EXPECT_NEAR(g.param_variance, (c0 + c1) / 4.0, 1e-7);
+  ASSERT_EQ(g.notes.size(), 1u);
+  EXPECT_NE(g.notes[0].find("expert 2 is all zeros (e.2.down, e.2.up)"), std::string::npos) << g.notes[0];
+}
+
+TEST(Geometry, OneExpertLeftGivesNanMso) {
+  Fixture f({{1, 2, 3, 4}, {0, 0, 0, 0}, {0, 0, 0, 0}}, 1, 1, 2);
+  const auto g = expert_geometry(f.src, f.layer, {});
+  EXPECT_EQ(g.zero_experts, (std::vector<int>{1, 2}));
+  EXPECT_TRUE(std::isnan(g.mso));
+  EXPECT_TRUE(std::isnan(g.param_variance_normalized));
+  EXPECT_EQ(g.notes.size(), 2u);
+}
+
+TEST(Geometry, NonFiniteWeightIsRefusedNamingTensorAndElement) {
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    std::vector<float> e1 = {1, 2, 3, 4, 5, 6};
+    e1[4] = bad;  // down [1 x 3] holds elements 3..5: element [0, 1] of e.1.down
+    Fixture f({{1, 0, 0, 0, 0, 1}, e1}, 1, 1, 3);
+    try {
+      expert_geometry(f.src, f.layer, {});
+      FAIL() << "accepted " << bad;
+    } catch (const InputError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("tensor 'e.1.down' (layer_00, expert 1, down): element [0, 1]"), std::string::npos) << m;
+      EXPECT_NE(m.find(std::isnan(bad) ? "is nan" : (bad > 0 ? "is inf" : "is -inf")), std::string::npos) << m;
+    }
+  }
+}
+
+TEST(Geometry, MeanSquaredOverlapLeavingExpertsOut) {
+  Eigen::MatrixXd o(3, 3);
+  o << 1, 0.5, 0.1, 0.5, 1, 0.2, 0.1, 0.2, 1;
+  EXPECT_DOUBLE_EQ(mean_squared_overlap(o, {}), mean_squared_overlap(o));
+  EXPECT_DOUBLE_EQ(mean_squared_overlap(o, {0}), 0.04);
+  EXPECT_TRUE(std::isnan(mean_squared_overlap(o, {0, 2})));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Streaming and threading (metrics/gram_kernel.hpp): the result's bits depend on nothing but the data.
 

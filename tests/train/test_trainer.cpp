@@ -188,6 +188,14 @@ TEST(Trainer, ResumeAfterAStopEqualsAnUninterruptedRun) {
   EXPECT_EQ(la.read("/train/loss"), lb.read("/train/loss"));
   EXPECT_EQ(la.read("/train/val_loss"), lb.read("/train/val_loss"));
 
+  // Regression (kill harness, issue 15): --resume of a finished run appended its final evaluation a second time.
+  const TrainResult again = train_run(c, resume);
+  EXPECT_TRUE(again.finished);
+  const ReportReader lc(again.run_dir + "/log.h5");
+  EXPECT_EQ(la.read("/train/val_step"), lc.read("/train/val_step"));
+  EXPECT_EQ(la.read("/train/val_loss"), lc.read("/train/val_loss"));
+  EXPECT_EQ(la.read("/train/step"), lc.read("/train/step"));
+
   // Resuming under another config is refused.
   c.train.optim.lr *= 2;
   EXPECT_THROW(train_run(c, resume), InputError);

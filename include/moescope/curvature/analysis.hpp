@@ -15,6 +15,7 @@
 #include "moescope/curvature/hvp.hpp"
 #include "moescope/curvature/trace.hpp"
 #include "moescope/model/task.hpp"
+#include "moescope/util/memory.hpp"
 #include "moescope/util/progress.hpp"
 
 namespace moescope {
@@ -82,9 +83,14 @@ struct HessianAnalysis {
   int rank = 0, world_size = 1;
 };
 
+/// The largest allocations of the analysis of one subset of n parameters (solver basis, eigenvectors, trace probe
+/// blocks, SLQ basis, gradients), for util/memory's check.
+std::vector<MemoryItem> hessian_memory(std::int64_t n, const HessianRequest& request);
+
 /// Runs the analysis on `run` (its model is moved to request.device and put in eval mode). Throws InputError for
-/// bad data, an empty selection, a split smaller than the world size, CUDA asked for but absent; std::invalid_argument
-/// as the solvers do (the caller names the options that set them).
+/// bad data, an empty selection, a split smaller than the world size, CUDA asked for but absent, or a request whose
+/// estimated memory (hessian_memory of the largest subset) exceeds the budget of util/memory.hpp (naming the
+/// flags that lower it); std::invalid_argument as the solvers do (the caller names the options that set them).
 HessianAnalysis analyse_hessian(LoadedRun& run, const HessianRequest& request);
 
 /// /hessian (attrs definition, world_size) and /hessian/<split>[/<subpath>]/{eigenvalues, residuals,

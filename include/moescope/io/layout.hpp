@@ -73,6 +73,10 @@ std::string matrix_role(const std::string& name);
 /// experts of one layer disagree in matrices or shapes.
 Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions& opts = {});
 
+/// detect_layout of a checkpoint's tensors, its InputErrors prefixed with the checkpoint's path ("ckpt.safetensors:
+/// layer_00 (...): expert 2 'down' is 4 x 5 ..."), so that the user sees which file does not fit.
+Layout detect_layout(const TensorSource& src, const LayoutOptions& opts = {});
+
 /// Reads elements [first, first + count) of the view (row-major over rows x cols) as double.
 void read_view_f64(const TensorSource& src, const MatrixView& view, std::int64_t first, std::int64_t count,
                    double* out);

@@ -17,12 +17,23 @@ inline constexpr const char* kRunDescription =
     "a run is the folder `moescope train` writes (config.json and step_N/model.safetensors); give the run folder "
     "(its latest step), a step folder, or a step's model.safetensors";
 
+/// The layout version of the run folders this moescope writes: each step's state.json records it as "run_format"
+/// beside "moescope_version". A later moescope that changes what a run folder holds raises it; this one refuses
+/// runs of a higher format instead of misreading them.
+inline constexpr std::int64_t kRunFormat = 1;
+
+/// Checks a step's state.json (parsed) against this moescope: refuses (InputError naming `file`) a run_format
+/// above kRunFormat, or, for state files without one, a moescope_version of a higher major version than this
+/// one's. A state.json of the right format passes; one that records neither passes (runs written before both).
+void check_run_format(const nlohmann::json& state, const std::string& file);
+
 /// One step of a run, opened for reading.
 class Run {
  public:
   /// Opens `path`: a run folder (its latest step holding model.safetensors), a step folder, or a step's
   /// model.safetensors. config.json is looked for in the step folder, then its parent. Throws InputError naming
-  /// `path` and saying what a run is when it is none of these, or naming config.json when it is not a run config.
+  /// `path` and saying what a run is when it is none of these, or naming config.json when it is not a run config,
+  /// or naming the step's state.json when a newer moescope wrote the run (check_run_format).
   static Run open(const std::string& path);
   /// Whether open(path) would find a run (never throws): a folder or a `.safetensors` file as above with a
   /// config.json holding a "model" object. Any other file (e.g. a directions .h5 saved inside a run folder) is not.

@@ -50,7 +50,14 @@ struct LandscapeAnalysis {
   bool complete() const { return surface.complete(); }
 };
 
-/// Computes the surface around `run`'s weights (restored exactly afterwards). Throws InputError for bad data or
+/// The largest allocations of a landscape request over `parameters` moving values and `splits` splits: the grid's
+/// values (float64 per point and metric, and the report's copy), the directions and saved weights, and with eigen
+/// directions the eigensolver's (hessian_memory).
+std::vector<MemoryItem> landscape_memory(std::int64_t parameters, std::size_t splits, bool text,
+                                         const LandscapeRequest& request);
+
+/// Computes the surface around `run`'s weights (restored exactly afterwards). Refuses (InputError) a request whose
+/// landscape_memory exceeds the budget of util/memory.hpp, before any point is evaluated. Throws InputError for bad data or
 /// directions (unknown kind, another model, a file that does not fit, a journal of other settings), and
 /// std::invalid_argument as the solvers do.
 LandscapeAnalysis compute_landscape(LoadedRun& run, const LandscapeRequest& request, const Provenance& provenance);

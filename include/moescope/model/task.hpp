@@ -127,12 +127,17 @@ struct LoadedRun {
   const std::string& weights_file() const { return hf_folder.empty() ? run.weights_file() : hf_folder; }
   bool is_hf() const { return !hf_folder.empty(); }
 };
+/// Throws InputError naming `file` and the first tensor (by state-dict order) holding a NaN or an infinity, with
+/// its index and how many of its values are not finite.
+void require_finite_weights(const torch::nn::Module& module, const std::string& file);
+
 /// Whether load_run opens `path`: a moescope run (Run::is_run) or a Hugging Face model folder (is_hf_model_folder).
 /// Never throws.
 bool is_loadable_run(const std::string& path);
 /// Opens a moescope run (Run::open) or a Hugging Face model folder (load_hf_model with `options`) and loads its
 /// model. Throws InputError when something is missing or does not fit (for a folder, naming config.json and the
-/// field or the weights file and the tensor).
+/// field or the weights file and the tensor), or when a moescope run's weight is NaN or infinite
+/// (require_finite_weights): every analysis of the run would be NaN.
 LoadedRun load_run(const std::string& path, const RunLoadOptions& options = {});
 
 /// The DataSpec a Hugging Face run starts from: {"text", no path, context 128}.

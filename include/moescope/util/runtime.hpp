@@ -33,4 +33,9 @@ std::string keep_freed_memory();
 /// start of each subcommand whose work is LibTorch's: cli::start_torch_work).
 void reexec_with_passive_openmp(char** argv);
 
+/// Ignores SIGXFSZ, so that a write past the file size limit (`ulimit -f`) fails with EFBIG, which the writers
+/// report as an error naming the file, instead of the signal's default action killing the process with a core
+/// dump and no word. The disposition is inherited by the processes moescope starts (it starts itself again).
+void ignore_file_size_signal();
+
 }  // namespace moescope
