@@ -18,6 +18,7 @@
 #include <utility>
 #include <variant>
 
+#include "moescope/util/strings.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/memory.hpp"
 #include "moescope/version.hpp"
@@ -53,8 +54,6 @@ std::string reason(const H5::Exception& e) {
   return desc.empty() ? e.getDetailMsg() : desc;
 }
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
-
 // "geometry//layer_00/" -> {"geometry", "layer_00"}; every path is taken from the root.
 std::vector<std::string> split_path(const std::string& path) {
   std::vector<std::string> parts;
@@ -67,7 +66,7 @@ std::vector<std::string> split_path(const std::string& path) {
   }
   for (const auto& p : parts) {
     if (p == "." || p == "..") {
-      throw std::invalid_argument("report path " + quoted(path) + ": '.' and '..' are not allowed");
+      throw std::invalid_argument("report path " + moescope::quoted(path) + ": '.' and '..' are not allowed");
     }
   }
   return parts;
@@ -268,11 +267,11 @@ Object open_object(const H5::H5File& file, const std::string& report, const std:
     case Kind::kDataset:
       return file.openDataSet(full);
     case Kind::kMissing:
-      fail_input(report, "no object " + quoted(full));
+      fail_input(report, "no object " + moescope::quoted(full));
     case Kind::kOther:
       break;
   }
-  fail_input(report, quoted(full) + " is neither a group nor a dataset");
+  fail_input(report, moescope::quoted(full) + " is neither a group nor a dataset");
 }
 
 }  // namespace detail

@@ -364,7 +364,7 @@ class Unpickler {
     std::size_t start = (!s.empty() && (s[0] == '-' || s[0] == '+')) ? 1 : 0;
     if (s.size() == start || !std::all_of(s.begin() + static_cast<std::ptrdiff_t>(start), s.end(),
                                           [](char c) { return c >= '0' && c <= '9'; }))
-      bad("invalid integer literal " + quoted(line.substr(0, 40)));
+      bad("invalid integer literal " + moescope::quoted(line.substr(0, 40)));
     std::int64_t v = 0;
     const char* first = s.data() + (s[0] == '+' ? 1 : 0);
     const auto r = std::from_chars(first, s.data() + s.size(), v);
@@ -426,10 +426,10 @@ Ref Unpickler::persistent_load(const Ref& pid) {
   if (s.problem.empty()) {
     s.entry = zip_.find(prefix_ + "data/" + s.key);
     if (!s.entry)
-      s.problem = "storage " + quoted(s.key) + " has no member " + quoted(prefix_ + "data/" + s.key) + " in the archive";
+      s.problem = "storage " + moescope::quoted(s.key) + " has no member " + moescope::quoted(prefix_ + "data/" + s.key) + " in the archive";
     else if (s.entry->size != s.nbytes)
-      s.problem = "storage " + quoted(s.key) + " declares " + std::to_string(s.numel) + " elements of " +
-                  std::to_string(elem_size) + " bytes but " + quoted(s.entry->name) + " holds " +
+      s.problem = "storage " + moescope::quoted(s.key) + " declares " + std::to_string(s.numel) + " elements of " +
+                  std::to_string(elem_size) + " bytes but " + moescope::quoted(s.entry->name) + " holds " +
                   std::to_string(s.entry->size) + " bytes";
   }
   if (s.problem.empty()) {  // a key seen before: the same storage (torch caches storages by key)
@@ -437,7 +437,7 @@ Ref Unpickler::persistent_load(const Ref& pid) {
     if (it != storage_by_key_.end()) {
       const StorageRec& old = storages[it->second];
       if (old.type == s.type && old.numel == s.numel) return std::make_shared<IndexObj>(Kind::Storage, it->second);
-      s.problem = "storage " + quoted(s.key) + " declared twice with different types or sizes";
+      s.problem = "storage " + moescope::quoted(s.key) + " declared twice with different types or sizes";
     } else {
       storage_by_key_.emplace(s.key, storages.size());
     }
@@ -630,7 +630,7 @@ Ref Unpickler::run() {
         const std::string s = read_line();
         double d = 0;
         const auto r = std::from_chars(s.data(), s.data() + s.size(), d);
-        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid float literal " + quoted(s.substr(0, 40)));
+        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid float literal " + moescope::quoted(s.substr(0, 40)));
         push(std::make_shared<FloatObj>(d));
         break;
       }
@@ -712,7 +712,7 @@ Ref Unpickler::run() {
         const std::string s = read_line();
         std::uint64_t i = 0;
         const auto r = std::from_chars(s.data(), s.data() + s.size(), i);
-        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid memo key " + quoted(s.substr(0, 40)));
+        if (r.ec != std::errc() || r.ptr != s.data() + s.size()) bad("invalid memo key " + moescope::quoted(s.substr(0, 40)));
         if (op == 'p') memo_put(i);
         else memo_get(i);
         break;
@@ -812,7 +812,7 @@ class Flattener {
   void add(const Ref& v, const std::string& name) {
     if (v->kind == Kind::Tensor) {
       const std::size_t i = as<IndexObj>(v).index;
-      if (!views_[i].problem.empty()) fail_input(file_, "tensor " + quoted(name) + ": " + views_[i].problem);
+      if (!views_[i].problem.empty()) fail_input(file_, "tensor " + moescope::quoted(name) + ": " + views_[i].problem);
       out.push_back({name, i});
     } else if (v->kind == Kind::Dict) {
       for (const auto& [key, value] : as<DictObj>(v).items) {
@@ -823,12 +823,12 @@ class Flattener {
         const std::uint64_t cost = child.size() + 1;
         if (cost > budget_)
           fail_input(file_, "flattened names exceed the limit (dicts shared along many paths?) at " +
-                                quoted(child.substr(0, 80)));
+                                moescope::quoted(child.substr(0, 80)));
         budget_ -= cost;
         add(value, child);
       }
     } else if (v->kind == Kind::Opaque && as<OpaqueObj>(v).torch_object) {
-      fail_input(file_, "tensor " + quoted(name) + ": unsupported object " + as<OpaqueObj>(v).made_by +
+      fail_input(file_, "tensor " + moescope::quoted(name) + ": unsupported object " + as<OpaqueObj>(v).made_by +
                             " (quantized, sparse, nested and subclassed tensors are not supported)");
     }
     // other values (ints, strings, lists, configs) are not tensors of the model; skipped
@@ -949,24 +949,24 @@ TorchPickleSource::TorchPickleSource(std::string path, std::unique_ptr<Backing> 
   // As PyTorch's reader: the first member's folder is the archive's name; every record lives under it.
   const std::size_t slash = entries.front().name.find('/');
   if (slash == std::string::npos)
-    fail_input(path_, "member " + quoted(entries.front().name) + " is not in a folder (not a torch.save archive)");
+    fail_input(path_, "member " + moescope::quoted(entries.front().name) + " is not in a folder (not a torch.save archive)");
   const std::string prefix = entries.front().name.substr(0, slash + 1);
 
   std::vector<std::uint8_t> scratch;
   if (const ZipEntry* bo = zip_->find(prefix + "byteorder")) {
-    if (bo->size > 16) fail_input(path_, quoted(bo->name) + " holds " + std::to_string(bo->size) + " bytes");
+    if (bo->size > 16) fail_input(path_, moescope::quoted(bo->name) + " holds " + std::to_string(bo->size) + " bytes");
     const ByteView v = zip_->read(*bo, scratch);
     const std::string order(reinterpret_cast<const char*>(v.data), v.size);
     if (order == "big")
       fail_input(path_, "saved on a big-endian machine (byteorder 'big'); only little-endian files are supported");
-    if (order != "little") fail_input(path_, "unknown byteorder " + quoted(order));
+    if (order != "little") fail_input(path_, "unknown byteorder " + moescope::quoted(order));
   }
 
   const std::string pkl_name = prefix + "data.pkl";
   const ZipEntry* pkl = zip_->find(pkl_name);
-  if (!pkl) fail_input(path_, "no " + quoted(pkl_name) + " in the archive (not a torch.save file)");
+  if (!pkl) fail_input(path_, "no " + moescope::quoted(pkl_name) + " in the archive (not a torch.save file)");
   if (pkl->size > kMaxTorchPickleBytes)
-    fail_input(path_, quoted(pkl_name) + " of " + std::to_string(pkl->size) + " bytes exceeds the limit of " +
+    fail_input(path_, moescope::quoted(pkl_name) + " of " + std::to_string(pkl->size) + " bytes exceeds the limit of " +
                           std::to_string(kMaxTorchPickleBytes));
   const ByteView pickle = zip_->read(*pkl, scratch);
 
@@ -984,7 +984,7 @@ TorchPickleSource::TorchPickleSource(std::string path, std::unique_ptr<Backing> 
   std::sort(flat.out.begin(), flat.out.end(), [](const Named& a, const Named& b) { return a.name < b.name; });
   for (std::size_t i = 1; i < flat.out.size(); ++i)
     if (flat.out[i].name == flat.out[i - 1].name)
-      fail_input(path_, "two tensors flatten to the name " + quoted(flat.out[i].name));
+      fail_input(path_, "two tensors flatten to the name " + moescope::quoted(flat.out[i].name));
 
   // Slots for the storages and views in use; identical non-contiguous views share one copy.
   std::map<std::size_t, std::size_t> storage_slot, view_slot;
@@ -1014,7 +1014,7 @@ TorchPickleSource::TorchPickleSource(std::string path, std::unique_ptr<Backing> 
       } else {
         copy_bytes += v.nbytes;
         if (copy_bytes > storage_bytes + kMaxTorchCopyExtraBytes)
-          fail_input(path_, "tensor " + quoted(e.name) + ": non-contiguous views need " + std::to_string(copy_bytes) +
+          fail_input(path_, "tensor " + moescope::quoted(e.name) + ": non-contiguous views need " + std::to_string(copy_bytes) +
                                 " bytes of copies, more than their storages' " + std::to_string(storage_bytes) +
                                 " bytes plus " + std::to_string(kMaxTorchCopyExtraBytes) +
                                 " (overlapping or repeated strided views)");

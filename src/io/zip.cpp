@@ -93,13 +93,13 @@ void apply_zip64_extra(const std::uint8_t* extra, std::size_t len, ZipEntry& z, 
   bool found = false;
   while (len - p >= 4) {
     const std::uint16_t tag = le16(extra + p), n = le16(extra + p + 2);
-    if (n > len - p - 4) fail_input(file, "member " + quoted(z.name) + ": extra field runs past its entry");
+    if (n > len - p - 4) fail_input(file, "member " + moescope::quoted(z.name) + ": extra field runs past its entry");
     if (tag == 0x0001 && !found) {
       found = true;
       const std::uint8_t* f = extra + p + 4;
       std::size_t q = 0;
       auto take64 = [&](std::uint64_t& out) {
-        if (n - q < 8) fail_input(file, "member " + quoted(z.name) + ": ZIP64 extra field too short");
+        if (n - q < 8) fail_input(file, "member " + moescope::quoted(z.name) + ": ZIP64 extra field too short");
         out = le64(f + q);
         q += 8;
       };
@@ -107,14 +107,14 @@ void apply_zip64_extra(const std::uint8_t* extra, std::size_t len, ZipEntry& z, 
       if (need_csize) take64(z.compressed_size);
       if (need_offset) take64(z.header_offset);
       if (need_disk) {
-        if (n - q < 4) fail_input(file, "member " + quoted(z.name) + ": ZIP64 extra field too short");
+        if (n - q < 4) fail_input(file, "member " + moescope::quoted(z.name) + ": ZIP64 extra field too short");
         disk = le32(f + q);
       }
     }
     p += 4 + std::size_t{n};
   }
   if (!found && (need_size || need_csize || need_offset || need_disk))
-    fail_input(file, "member " + quoted(z.name) + ": saturated sizes but no ZIP64 extra field");
+    fail_input(file, "member " + moescope::quoted(z.name) + ": saturated sizes but no ZIP64 extra field");
 }
 
 }  // namespace
@@ -149,7 +149,7 @@ ZipArchive::ZipArchive(const std::uint8_t* data, std::size_t size, std::string f
     std::uint32_t disk = le16(c + 34);
     z.header_offset = le32(c + 42);
     apply_zip64_extra(c + kCentralLen + name_len, extra_len, z, disk, file_);
-    const std::string who = "member " + quoted(z.name) + ": ";
+    const std::string who = "member " + moescope::quoted(z.name) + ": ";
     if (disk != 0) fail_input(file_, who + "on disk " + std::to_string(disk) + " (multi-disk archives are not supported)");
     if (z.flags & 0x41) fail_input(file_, who + "encrypted members are not supported");
     if (z.method != 0 && z.method != 8)
@@ -190,7 +190,7 @@ ZipArchive::ZipArchive(const std::uint8_t* data, std::size_t size, std::string f
     const ZipEntry& a = entries_[order[i - 1]];
     const ZipEntry& b = entries_[order[i]];
     if (a.data_offset + a.compressed_size > b.header_offset)
-      fail_input(file_, "members " + quoted(a.name) + " and " + quoted(b.name) + " overlap");
+      fail_input(file_, "members " + moescope::quoted(a.name) + " and " + moescope::quoted(b.name) + " overlap");
   }
 }
 
@@ -200,7 +200,7 @@ const ZipEntry* ZipArchive::find(std::string_view name) const {
 }
 
 ByteView ZipArchive::read(const ZipEntry& e, std::vector<std::uint8_t>& buffer, bool check_crc) const {
-  const std::string who = "member " + quoted(e.name) + ": ";
+  const std::string who = "member " + moescope::quoted(e.name) + ": ";
   const std::uint8_t* src = data_ + e.data_offset;
   ByteView out;
   if (e.method == 0) {
