@@ -301,14 +301,14 @@ struct ReportWriter::Impl {
     // ("H5Dclose failed" when the flush at close fails).
     if (why.find("errno = ") != std::string::npos) {
       const_cast<Impl*>(this)->write_failed = true;  // see ~ReportWriter
-      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ")");
+      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why + ")");
     }
     if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
       const_cast<Impl*>(this)->write_failed = true;
-      fail_input(path, "cannot " + what + " " + detail::quoted(object) + " in " + tmp + " (" + why + ": " +
+      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why + ": " +
                            std::strerror(err) + ")");
     }
-    throw std::runtime_error(path + ": cannot " + what + " " + detail::quoted(object) + " (" + why + ")");
+    throw std::runtime_error(path + ": cannot " + what + " " + moescope::quoted(object) + " (" + why + ")");
   }
 
   // Creates the groups above the object at `parts` (all but the last component).
@@ -317,7 +317,7 @@ struct ReportWriter::Impl {
       const std::string prefix = detail::join_path(parts, i);
       const detail::Kind k = detail::link_kind(file->getId(), prefix);
       if (k == detail::Kind::kGroup) continue;
-      if (k != detail::Kind::kMissing) fail_input(path, detail::quoted(prefix) + " exists and is not a group");
+      if (k != detail::Kind::kMissing) fail_input(path, moescope::quoted(prefix) + " exists and is not a group");
       try {
         file->createGroup(prefix);
       } catch (const H5::Exception& e) {
@@ -330,11 +330,11 @@ struct ReportWriter::Impl {
                      const void* data, const std::vector<std::size_t>& dims) {
     check_writable();
     const auto parts = detail::split_path(object);
-    if (parts.empty()) throw std::invalid_argument(path + ": a dataset needs a name, not " + detail::quoted(object));
+    if (parts.empty()) throw std::invalid_argument(path + ": a dataset needs a name, not " + moescope::quoted(object));
     const std::string full = detail::join_path(parts, parts.size());
     ensure_groups(parts, parts.size() - 1);
     if (detail::link_kind(file->getId(), full) != detail::Kind::kMissing) {
-      fail_input(path, detail::quoted(full) + " already exists");
+      fail_input(path, moescope::quoted(full) + " already exists");
     }
     try {
       H5::DataSet ds = file->createDataSet(full, file_type, detail::make_space(dims), detail::make_dcpl(dims));
@@ -426,7 +426,7 @@ void ReportWriter::write_provenance(const Provenance& p) {
 void ReportWriter::write(const std::string& path, const std::vector<double>& data,
                          const std::vector<std::size_t>& dims) {
   if (data.size() != detail::element_count(dims)) {
-    throw std::invalid_argument(path_ + ": dataset " + detail::quoted(path) + " has " + std::to_string(data.size()) +
+    throw std::invalid_argument(path_ + ": dataset " + moescope::quoted(path) + " has " + std::to_string(data.size()) +
                                 " values for dims " + detail::dims_text(dims));
   }
   impl_->write_dataset(path, H5::PredType::IEEE_F64LE, H5::PredType::NATIVE_DOUBLE, data.data(), dims);
@@ -449,14 +449,14 @@ void ReportWriter::write_vector(const std::string& path, const Eigen::VectorXd& 
 void ReportWriter::write_int(const std::string& path, const std::vector<std::int64_t>& data,
                              const std::vector<std::size_t>& dims) {
   if (data.size() != detail::element_count(dims)) {
-    throw std::invalid_argument(path_ + ": dataset " + detail::quoted(path) + " has " + std::to_string(data.size()) +
+    throw std::invalid_argument(path_ + ": dataset " + moescope::quoted(path) + " has " + std::to_string(data.size()) +
                                 " values for dims " + detail::dims_text(dims));
   }
   impl_->write_dataset(path, H5::PredType::STD_I64LE, H5::PredType::NATIVE_INT64, data.data(), dims);
 }
 
 void ReportWriter::write_strings(const std::string& path, const std::vector<std::string>& values) {
-  const auto ptrs = detail::c_strings(values, path_ + ": dataset " + detail::quoted(path));
+  const auto ptrs = detail::c_strings(values, path_ + ": dataset " + moescope::quoted(path));
   const H5::StrType type = detail::utf8_vlen_type();
   impl_->write_dataset(path, type, type, ptrs.data(), {values.size()});
 }
@@ -469,7 +469,7 @@ void ReportWriter::create_group(const std::string& path) {
 
 void ReportWriter::set_attr(const std::string& object_path, const std::string& name, const AttrValue& value) {
   impl_->check_writable();
-  if (name.empty()) throw std::invalid_argument(path_ + ": empty attribute name on " + detail::quoted(object_path));
+  if (name.empty()) throw std::invalid_argument(path_ + ": empty attribute name on " + moescope::quoted(object_path));
   const std::string where = object_path + "@" + name;
   try {
     detail::Object held = impl_->open_object(object_path);
@@ -486,7 +486,7 @@ void ReportWriter::set_attr(const std::string& object_path, const std::string& n
             obj->createAttribute(name, H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR))
                 .write(H5::PredType::NATIVE_DOUBLE, &v);
           } else if constexpr (std::is_same_v<T, std::string>) {
-            detail::check_no_nul(v, path_ + ": attribute " + detail::quoted(where));
+            detail::check_no_nul(v, path_ + ": attribute " + moescope::quoted(where));
             const char* ptr = v.c_str();
             const H5::StrType type = detail::utf8_vlen_type();
             obj->createAttribute(name, type, H5::DataSpace(H5S_SCALAR)).write(type, &ptr);
@@ -518,14 +518,14 @@ void ReportWriter::commit() {
     if (why.find("errno = ") != std::string::npos || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
       impl_->write_failed = true;  // the final flush failed: disk full, size limit, I/O error (see ~ReportWriter)
     if (why.find("errno = ") != std::string::npos)
-      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ")");
+      fail_input(path_, "cannot write report " + moescope::quoted(impl_->tmp) + " (" + why + ")");
     if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
-      fail_input(path_, "cannot write report " + detail::quoted(impl_->tmp) + " (" + why + ": " + std::strerror(err) + ")");
-    throw std::runtime_error(path_ + ": cannot close report " + detail::quoted(impl_->tmp) + " (" + why + ")");
+      fail_input(path_, "cannot write report " + moescope::quoted(impl_->tmp) + " (" + why + ": " + std::strerror(err) + ")");
+    throw std::runtime_error(path_ + ": cannot close report " + moescope::quoted(impl_->tmp) + " (" + why + ")");
   }
   std::error_code ec;
   std::filesystem::rename(impl_->tmp, path_, ec);
-  if (ec) fail_input(path_, "cannot rename " + detail::quoted(impl_->tmp) + " into place (" + ec.message() + ")");
+  if (ec) fail_input(path_, "cannot rename " + moescope::quoted(impl_->tmp) + " into place (" + ec.message() + ")");
   impl_->committed = true;
   ::close(impl_->lock_fd);  // released after the rename: the report is readable now, and the .tmp name is free
   impl_->lock_fd = -1;
@@ -539,7 +539,7 @@ struct ReportReader::Impl {
   std::optional<H5::H5File> file;
 
   [[noreturn]] void fail_h5(const std::string& object, const H5::Exception& e) const {
-    fail_input(path, "cannot read " + detail::quoted(object) + " (" + detail::reason(e) + ")");
+    fail_input(path, "cannot read " + moescope::quoted(object) + " (" + detail::reason(e) + ")");
   }
 
   H5::DataSet open_dataset(const std::string& object) const {
@@ -553,9 +553,9 @@ struct ReportReader::Impl {
           fail_h5(full, e);
         }
       case detail::Kind::kMissing:
-        fail_input(path, "no dataset " + detail::quoted(full));
+        fail_input(path, "no dataset " + moescope::quoted(full));
       default:
-        fail_input(path, detail::quoted(full) + " is not a dataset");
+        fail_input(path, moescope::quoted(full) + " is not a dataset");
     }
   }
 
@@ -601,11 +601,11 @@ std::vector<double> ReportReader::read(const std::string& path, std::vector<std:
   const H5::DataSet ds = impl_->open_dataset(path);
   try {
     const H5T_class_t cls = ds.getTypeClass();
-    if (cls != H5T_INTEGER && cls != H5T_FLOAT) fail_input(path_, detail::quoted(path) + " is not a numeric dataset");
+    if (cls != H5T_INTEGER && cls != H5T_FLOAT) fail_input(path_, moescope::quoted(path) + " is not a numeric dataset");
     const H5::DataSpace space = ds.getSpace();
     const std::size_t n = detail::space_elements(space, dims);
     // Sizes come from the file: a damaged or hostile one may claim more values than memory holds.
-    check_memory(path_ + ": dataset " + detail::quoted(path),
+    check_memory(path_ + ": dataset " + moescope::quoted(path),
                  {{std::to_string(n) + " values as float64", static_cast<double>(n) * 8.0}},
                  "the report is damaged or not one of moescope's");
     std::vector<double> out(n);
@@ -619,7 +619,7 @@ std::vector<double> ReportReader::read(const std::string& path, std::vector<std:
 double ReportReader::read_scalar(const std::string& path) const {
   const std::vector<double> v = read(path);
   if (v.size() != 1) {
-    fail_input(path_, detail::quoted(path) + " holds " + std::to_string(v.size()) + " values, not one");
+    fail_input(path_, moescope::quoted(path) + " holds " + std::to_string(v.size()) + " values, not one");
   }
   return v[0];
 }
@@ -635,10 +635,10 @@ Eigen::MatrixXd ReportReader::read_matrix(const std::string& path) const {
 std::vector<std::string> ReportReader::read_strings(const std::string& path) const {
   const H5::DataSet ds = impl_->open_dataset(path);
   try {
-    if (ds.getTypeClass() != H5T_STRING) fail_input(path_, detail::quoted(path) + " is not a string dataset");
+    if (ds.getTypeClass() != H5T_STRING) fail_input(path_, moescope::quoted(path) + " is not a string dataset");
     const H5::DataSpace space = ds.getSpace();
     const std::size_t n = detail::space_elements(space, nullptr);
-    check_memory(path_ + ": dataset " + detail::quoted(path),
+    check_memory(path_ + ": dataset " + moescope::quoted(path),
                  {{std::to_string(n) + " strings", static_cast<double>(n) * 40.0}},
                  "the report is damaged or not one of moescope's");
     return detail::read_string_values(ds.getStrType(), space, n,
@@ -652,8 +652,8 @@ std::vector<std::string> ReportReader::list(const std::string& group_path) const
   const auto parts = detail::split_path(group_path);
   const std::string full = detail::join_path(parts, parts.size());
   const detail::Kind k = detail::object_kind(impl_->file->getId(), parts);
-  if (k == detail::Kind::kMissing) fail_input(path_, "no group " + detail::quoted(full));
-  if (k != detail::Kind::kGroup) fail_input(path_, detail::quoted(full) + " is not a group");
+  if (k == detail::Kind::kMissing) fail_input(path_, "no group " + moescope::quoted(full));
+  if (k != detail::Kind::kGroup) fail_input(path_, moescope::quoted(full) + " is not a group");
   try {
     const H5::Group g = impl_->file->openGroup(full);
     std::vector<std::string> names;
@@ -669,7 +669,7 @@ std::vector<std::string> ReportReader::list(const std::string& group_path) const
 AttrValue ReportReader::attr(const std::string& object_path, const std::string& name) const {
   detail::Object held = impl_->open_object(object_path);
   H5::H5Object* obj = &detail::as_object(held);
-  const std::string where = detail::quoted(object_path + "@" + name);
+  const std::string where = moescope::quoted(object_path + "@" + name);
   try {
     if (!obj->attrExists(name)) fail_input(path_, "no attribute " + where);
     const H5::Attribute a = obj->openAttribute(name);
