@@ -157,11 +157,18 @@ def tensors(path):
             for k, v in header.items() if k != "__metadata__"}
 
 
+def is_timing(name):
+    """Wall-clock measurements differ between runs of the same work; they are named by their unit (the naming
+    rule of study/collect.hpp's is_timing_column: `*_ms`, `*_ms_per_sample`) and left out of comparisons."""
+    leaf = name.rsplit("/", 1)[-1]
+    return leaf.endswith("_ms") or leaf.endswith("_ms_per_sample")
+
+
 def datasets(path, skip=()):
     out = {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not any(name.startswith(s) for s in skip):
+            if isinstance(obj, h5py.Dataset) and not is_timing(name) and not any(name.startswith(s) for s in skip):
                 v = obj[()]
                 if isinstance(v, np.ndarray) and v.dtype.kind == "O":  # variable-length strings: the values, not
                     out[name] = repr(v.tolist())                        # the pointers tobytes() would give
