@@ -136,19 +136,25 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
 
   if (const auto w = j.find("with"); w != j.end()) {
     if (!w->is_object()) bad("with", "an object {\"AXIS KEY\": {\"AXIS VALUE\": {\"KEY\": value, ...}}}");
-    for (const auto& [axis_key, by_value] : w->items()) {
+    for (const auto& item : w->items()) {  // no structured bindings: lambdas below capture them (C++17)
+      const std::string& axis_key = item.key();
+      const nlohmann::json& by_value = item.value();
       const std::string where = "with." + axis_key;
       const auto axis = std::find_if(s.axes.begin(), s.axes.end(), [&](const SweepAxis& a) { return a.key == axis_key; });
       if (axis == s.axes.end()) bad(where, "'" + axis_key + "' is not an axis");
       if (!by_value.is_object()) bad(where, "an object {\"AXIS VALUE\": {\"KEY\": value, ...}}");
       auto& out = s.with[axis_key];
-      for (const auto& [value, settings] : by_value.items()) {
+      for (const auto& value_item : by_value.items()) {
+        const std::string& value = value_item.key();
+        const nlohmann::json& settings = value_item.value();
         const std::string at = where + "." + value;
         if (std::none_of(axis->values.begin(), axis->values.end(),
                          [&](const nlohmann::json& v) { return axis_value_text(v) == value; }))
           bad(at, "'" + value + "' is not a value of the axis");
         if (!settings.is_object() || settings.empty()) bad(at, "an object {\"KEY\": value, ...} of run-config keys");
-        for (const auto& [key, v] : settings.items()) {
+        for (const auto& setting : settings.items()) {
+          const std::string& key = setting.key();
+          const nlohmann::json& v = setting.value();
           if (key == "name" || key == "out_dir") bad(at + "." + key, "the sweep sets this key itself");
           if (std::any_of(s.axes.begin(), s.axes.end(), [&](const SweepAxis& a) { return a.key == key; }))
             bad(at + "." + key, "is an axis: an axis value cannot also be set with another");
@@ -181,7 +187,9 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
         bad(where, "names are letters, digits, '_' and '-' (the report is NAME.h5)");
       if (const auto w = flags.find("when"); w != flags.end()) {
         if (!w->is_object() || w->empty()) bad(where + ".when", "an object {\"AXIS KEY\": [values], ...}");
-        for (const auto& [axis_key, values] : w->items()) {
+        for (const auto& item : w->items()) {
+          const std::string& axis_key = item.key();
+          const nlohmann::json& values = item.value();
           const std::string at = where + ".when." + axis_key;
           const auto axis =
               std::find_if(s.axes.begin(), s.axes.end(), [&](const SweepAxis& x) { return x.key == axis_key; });
@@ -346,7 +354,9 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& spec) {
 }
 
 bool analysis_applies(const AnalysisSpec& a, const SweepSpec& spec, const SweepPoint& p) {
-  for (const auto& [key, values] : a.when) {
+  for (const auto& entry : a.when) {
+    const auto& key = entry.first;
+    const auto& values = entry.second;
     const auto axis = std::find_if(spec.axes.begin(), spec.axes.end(), [&](const SweepAxis& x) { return x.key == key; });
     if (axis == spec.axes.end()) return false;
     const nlohmann::json& v = p.coords[static_cast<std::size_t>(axis - spec.axes.begin())];

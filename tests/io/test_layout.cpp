@@ -609,7 +609,7 @@ TEST(Layout, UnknownNamesGiveFamilyNone) {
   EXPECT_EQ(l.family, "none");
   EXPECT_TRUE(l.layers.empty());
   EXPECT_TRUE(l.notes.empty());
-  l = detect_layout({});
+  l = detect_layout(std::vector<TensorInfo>{});
   EXPECT_EQ(l.family, "none");
 }
 
