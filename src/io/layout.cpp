@@ -300,12 +300,6 @@ std::string activation_of(const std::vector<MatrixView>& m) {
   return "";
 }
 
-std::string layer_key(const std::string& part, int layer) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "layer_%02d", layer);
-  return part.empty() ? std::string(buf) : part + "_" + buf;
-}
-
 std::string sanitize(const std::string& s) {
   std::string r = s;
   for (char& c : r)
@@ -348,7 +342,7 @@ Layout finish(std::vector<LayerBuild> builds, const NameIndex& idx, std::vector<
   });
 
   std::vector<std::string> keys;
-  for (const auto& b : builds) keys.push_back(layer_key(b.pos.part, *b.pos.layer));
+  for (const auto& b : builds) keys.push_back(layer_key(*b.pos.layer, b.pos.part));
   std::map<std::string, int> key_count;
   for (const auto& k : keys) ++key_count[k];
   std::set<std::string> used_keys;
@@ -636,6 +630,12 @@ Layout detect_custom(const std::vector<TensorInfo>& tensors, const NameIndex& id
 }
 
 }  // namespace
+
+std::string layer_key(int layer, const std::string& part) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "layer_%02d", layer);
+  return part.empty() ? std::string(buf) : part + "_" + buf;
+}
 
 const MatrixView* ExpertLayout::find(const std::string& role) const {
   auto it = std::lower_bound(matrices.begin(), matrices.end(), role,

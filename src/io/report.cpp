@@ -293,20 +293,17 @@ struct ReportWriter::Impl {
     if (finished) throw std::logic_error(path + ": report already committed");
   }
 
-  [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) const {
+  [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) {
     const int err = errno;
     const std::string why = detail::reason(e);
     // A failed write system call (disk full, file size limit, quota, I/O error) is the machine's state, for the
     // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in most of its messages, not in all
-    // ("H5Dclose failed" when the flush at close fails).
-    if (why.find("errno = ") != std::string::npos) {
-      const_cast<Impl*>(this)->write_failed = true;  // see ~ReportWriter
-      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why + ")");
-    }
-    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
-      const_cast<Impl*>(this)->write_failed = true;
-      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why + ": " +
-                           std::strerror(err) + ")");
+    // ("H5Dclose failed" when the flush at close fails): then errno says it.
+    const bool quoted_errno = why.find("errno = ") != std::string::npos;
+    if (quoted_errno || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
+      write_failed = true;  // see ~ReportWriter
+      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why +
+                           (quoted_errno ? std::string() : std::string(": ") + std::strerror(err)) + ")");
     }
     throw std::runtime_error(path + ": cannot " + what + " " + moescope::quoted(object) + " (" + why + ")");
   }

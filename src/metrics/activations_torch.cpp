@@ -2,14 +2,15 @@
 
 #include <cmath>
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <optional>
 #include <set>
 
+#include "moescope/io/layout.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/model/moe.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/numbers.hpp"
 #include "moescope/util/random.hpp"
 
 namespace moescope {
@@ -23,7 +24,7 @@ void say(const ActivationsOptions& o, const std::string& line) {
 }
 
 void tokens_done(const ActivationsOptions& o, const std::string& key, std::int64_t done, std::int64_t total) {
-  report(o.progress, make_progress("activations", done, total, "tokens", std::nan(""), "", key, done == total));
+  report(o.progress, make_progress("activations", done, total, "tokens", kNaN, "", key, done == total));
 }
 
 // A checkpoint matrix view as a float32 tensor [rows, cols] (or [numel] for a bias).
@@ -33,11 +34,9 @@ torch::Tensor read_matrix(const TensorSource& src, const MatrixView& v, bool vec
   // Experts with a NaN or infinite weight give NaN outputs for every token: refuse them, naming the element.
   for (std::size_t i = 0; i < buf.size(); ++i)
     if (!std::isfinite(buf[i]))
-      fail_input(src.file_of(v.tensor), "tensor '" + v.tensor + "' (" + v.role + "): element [" +
-                                            std::to_string(static_cast<std::int64_t>(i) / std::max<std::int64_t>(v.cols, 1)) +
-                                            ", " + std::to_string(static_cast<std::int64_t>(i) % std::max<std::int64_t>(v.cols, 1)) +
-                                            "] is " + (std::isnan(buf[i]) ? "nan" : (buf[i] > 0 ? "inf" : "-inf")) +
-                                            "; activations need finite weights");
+      fail_input(src.file_of(v.tensor), "tensor '" + v.tensor + "' (" + v.role + "): " +
+                                            matrix_element(static_cast<std::int64_t>(i), v.cols) + " is " +
+                                            nonfinite_name(buf[i]) + "; activations need finite weights");
   auto t = torch::from_blob(buf.data(), {v.numel()}, torch::kFloat64).to(torch::kFloat32);
   return vector ? t : t.view({v.rows, v.cols});
 }
@@ -47,11 +46,9 @@ void require_finite_rows(const std::vector<float>& v, std::int64_t width, std::i
                          const std::string& file, const std::string& tensor) {
   for (std::size_t i = 0; i < v.size(); ++i)
     if (!std::isfinite(v[i]))
-      fail_input(file, "tensor '" + tensor + "': element [" +
-                           std::to_string(first_row + static_cast<std::int64_t>(i) / width) + ", " +
-                           std::to_string(static_cast<std::int64_t>(i) % width) + "] is " +
-                           (std::isnan(v[i]) ? "nan" : (v[i] > 0 ? "inf" : "-inf")) +
-                           "; recorded activations must be finite");
+      fail_input(file, "tensor '" + tensor + "': " +
+                           matrix_element(first_row * width + static_cast<std::int64_t>(i), width) + " is " +
+                           nonfinite_name(v[i]) + "; recorded activations must be finite");
 }
 
 TokenRouting top_k_of(const torch::Tensor& probs, std::int64_t k) {
@@ -224,9 +221,7 @@ ExpertBank checkpoint_expert_bank(const TensorSource& src, const Layout& layout,
 
 ExpertBank layer_expert_bank(const MoELayerRef& ref) {
   ExpertBank b;
-  char key[32];
-  std::snprintf(key, sizeof key, "layer_%02d", ref.index);
-  b.key = key;
+  b.key = layer_key(ref.index);
   b.layer = ref.index;
   b.prefix = ref.prefix;
   b.experts = ref.layer->num_experts();

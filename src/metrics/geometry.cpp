@@ -19,6 +19,7 @@
 #include "moescope/io/safetensors.hpp"
 #include "moescope/metrics/gram_kernel.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 namespace {
@@ -190,9 +191,7 @@ GramSums run_task(const TensorSource& src, const RolePlan& r, const Task& t, Gra
         const std::int64_t flat = at + i;
         fail_input(src.file_of(v->tensor),
                    "tensor '" + v->tensor + "' (" + key + ", expert " + std::to_string(expert) + ", " + v->role +
-                       "): element [" + std::to_string(flat / std::max<std::int64_t>(v->cols, 1)) + ", " +
-                       std::to_string(flat % std::max<std::int64_t>(v->cols, 1)) + "] of the expert's matrix is " +
-                       (std::isnan(x) ? "nan" : (x > 0 ? "inf" : "-inf")) +
+                       "): " + matrix_element(flat, v->cols) + " of the expert's matrix is " + nonfinite_name(x) +
                        "; geometry needs finite weights (inspect the checkpoint, or leave the layer out with --layers)");
       }
     }

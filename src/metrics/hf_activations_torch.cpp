@@ -3,11 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <memory>
 #include <optional>
 
+#include "moescope/io/layout.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/numbers.hpp"
 
@@ -20,12 +20,6 @@ std::string hf_block_prefix(const HFConfig& c, std::int64_t layer) {
   std::string p = c.moe_prefix(layer);
   if (!p.empty() && p.back() == '.') p.pop_back();
   return p;
-}
-
-std::string hf_numbered_layer_key(std::int64_t layer) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "layer_%02lld", static_cast<long long>(layer));
-  return buf;
 }
 
 // Router scores as probabilities: DeepSeek-V3's independent sigmoid scores divided by their sum per token.
@@ -100,7 +94,7 @@ void hf_add_token_chunk(HFLayerState& st, const HFConfig& c, const HFMoETrace& t
 std::vector<HFLayerKey> hf_layer_keys(const HFCausalLMImpl& model, const Layout& layout) {
   std::vector<HFLayerKey> out;
   for (const std::int64_t l : model.moe_layers()) {
-    HFLayerKey k{l, hf_numbered_layer_key(l)};
+    HFLayerKey k{l, layer_key(static_cast<int>(l))};
     const std::string p = hf_block_prefix(model.config(), l);
     for (const auto& ll : layout.layers)
       if (ll.prefix == p) k.key = ll.key;
@@ -190,7 +184,7 @@ HFActivations hf_activations(const TaskModel& model, const TensorSplit& split, c
       for (std::int64_t c0 = 0; c0 < rows; c0 += chunk) hf_add_token_chunk(st, c, t, c0, std::min(chunk, rows - c0), f64);
       st.seen += std::max<std::int64_t>(rows, 0);
     }
-    report(opts.progress, make_progress("activations", out.result.samples, wanted, "sequences", std::nan(""), "", "",
+    report(opts.progress, make_progress("activations", out.result.samples, wanted, "sequences", kNaN, "", "",
                                         out.result.samples == wanted));
   }
   for (const HFLayerState& st : states) {

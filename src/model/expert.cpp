@@ -194,7 +194,7 @@ bool BatchedExperts::grouped_uses_padding(const std::vector<std::int64_t>& count
 }
 
 torch::Tensor BatchedExperts::grouped(const torch::Tensor& x, const torch::Tensor& tokens,
-                                      const std::vector<std::int64_t>& counts) const {
+                                      const std::vector<std::int64_t>& counts, bool allow_padding) const {
   TORCH_CHECK(static_cast<std::int64_t>(counts.size()) == size(), "BatchedExperts::grouped: ", counts.size(),
               " counts for ", size(), " experts");
   std::int64_t n = 0, most = 0;
@@ -208,7 +208,7 @@ torch::Tensor BatchedExperts::grouped(const torch::Tensor& x, const torch::Tenso
   const std::int64_t O = options_.output_dim();
   if (n == 0) return torch::zeros({0, O}, x.options());
   const auto xs = x.index_select(0, tokens);  // [N, D], grouped by expert
-  if (!grouped_uses_padding(counts)) {
+  if (!allow_padding || !grouped_uses_padding(counts)) {
     std::vector<torch::Tensor> pieces;
     std::int64_t start = 0;
     for (std::size_t e = 0; e < counts.size(); ++e) {

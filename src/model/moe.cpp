@@ -247,18 +247,11 @@ MoEOutput SparseMoEImpl::forward_moe(const torch::Tensor& x_in) {
   const std::int64_t O = options.expert_options().output_dim();
   auto out = torch::zeros({T, O}, x.options());
   torch::Tensor ys;
-  if (kept > 0 && options.batched_experts()) {
-    // Each expert on its own tokens (the sorted assignments are grouped by expert): [kept, O].
-    ys = BatchedExperts(experts).grouped(x, tokens, std::vector<std::int64_t>(cnt, cnt + E));
-  } else if (kept > 0) {
-    std::vector<torch::Tensor> pieces;
-    std::int64_t start = 0;
-    for (std::int64_t e = 0; e < E; ++e) {
-      if (cnt[e] == 0) continue;
-      pieces.push_back(detail::run_expert(experts, e, x.index_select(0, tokens.narrow(0, start, cnt[e]))));
-      start += cnt[e];
-    }
-    ys = torch::cat(pieces, 0);
+  if (kept > 0) {
+    // Each expert on its own tokens (the sorted assignments are grouped by expert): [kept, O]; one expert after
+    // another on the reference path.
+    ys = BatchedExperts(experts).grouped(x, tokens, std::vector<std::int64_t>(cnt, cnt + E),
+                                         /*allow_padding=*/options.batched_experts());
   }
   if (ys.defined()) {
     const auto w = weights.reshape({-1}).index_select(0, positions).unsqueeze(1);

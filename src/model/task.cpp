@@ -12,6 +12,7 @@
 #include "moescope/model/classifier.hpp"
 #include "moescope/model/lm.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/numbers.hpp"
 
 namespace moescope {
 
@@ -44,7 +45,7 @@ void require_finite_weights(const torch::nn::Module& module, const std::string& 
       rest /= t.size(d);
     }
     const double v = t.detach().reshape({-1})[flat].item<double>();
-    fail_input(file, "tensor '" + name + "' holds " + (std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf")) + " at " +
+    fail_input(file, "tensor '" + name + "' holds " + nonfinite_name(v) + " at " +
                          shape_string(index) + " (" + std::to_string(count) + " of " + std::to_string(t.numel()) +
                          " values are not finite); analyses need finite weights");
   }
@@ -246,12 +247,13 @@ LoadedRun load_hf_run(const std::string& path, const RunLoadOptions& options) {
   HFLoadOptions o;
   o.dtype = options.dtype;
   o.trainable = options.trainable;
-  HFCausalLM m = load_hf_model(hf_model_folder(path), o);
+  const std::string folder = hf_model_folder(path);
+  HFCausalLM m = load_hf_model(folder, o);
   m->eval();
   LoadedRun r;
   r.model = TaskModel::from_hf(m);
   r.data = hf_default_data();
-  r.hf_folder = hf_model_folder(path);
+  r.hf_folder = folder;
   r.options = options;
   return r;
 }
@@ -296,6 +298,36 @@ LoadedRun load_run(const std::string& path, const RunLoadOptions& options) {
   return loaded;
 }
 
+namespace {
+
+// Throws InputError naming `source` when the loaded data cannot feed the run's model (kind, vocabulary, context,
+// input shape, classes).
+void check_data_fits_run(const EvalData& e, const LoadedRun& run, const std::string& source) {
+  const nlohmann::json m = run.model.config();
+  if (run.model.is_lm()) {
+    if (!e.data.is_text) fail_input(source, "the run's model is an LM; its data must be text, not " + e.spec.name);
+    if (e.data.num_classes > m.value("vocab_size", std::int64_t{0}))
+      fail_input(source, "the data's vocabulary (" + std::to_string(e.data.num_classes) +
+                             " tokens) is larger than the model's (" + std::to_string(m.value("vocab_size", std::int64_t{0})) + ")");
+    if (e.spec.context > m.value("context", std::int64_t{0}))
+      fail_input(source, "sequences of " + std::to_string(e.spec.context) + " tokens are longer than the model's context (" +
+                             std::to_string(m.value("context", std::int64_t{0})) + ")");
+  } else {
+    if (e.data.is_text) fail_input(source, "the run's model is a classifier; its data cannot be text");
+    const bool image = e.data.input_shape.size() == 3;
+    const std::int64_t channels = m.value("in_channels", std::int64_t{0}), size = m.value("image_size", std::int64_t{0});
+    const bool fits = image ? e.data.input_shape[0] == channels && e.data.input_shape[1] == size
+                            : e.data.input_shape.at(0) == channels && size == 1;
+    if (!fits || e.data.num_classes != m.value("num_classes", std::int64_t{0}))
+      fail_input(source, "the data (" + e.spec.name + ", " + std::to_string(e.data.num_classes) +
+                             " classes) does not fit the run's model (in_channels " + std::to_string(channels) +
+                             ", image_size " + std::to_string(size) + ", num_classes " +
+                             std::to_string(m.value("num_classes", std::int64_t{0})) + ")");
+  }
+}
+
+}  // namespace
+
 EvalData load_eval_data(const LoadedRun& run, const EvalSpec& spec) {
   if (spec.max_samples < 0) invalid_argument("load_eval_data", "max_samples must be >= 0 (0: all), got " + std::to_string(spec.max_samples));
   if (spec.batch_size < 1) invalid_argument("load_eval_data", "batch_size must be >= 1, got " + std::to_string(spec.batch_size));
@@ -324,42 +356,17 @@ EvalData load_eval_data(const LoadedRun& run, const EvalSpec& spec) {
     ctx.vocab_size = c.vocab_size;
     ctx.vocab_source = c.file;
     e.data = load_token_dataset(e.spec, ctx);
-    for (const std::string& name : spec.splits) {
-      const TensorSplit s = e.data.split(name, "split").head(spec.max_samples);
-      if (s.size() == 0)
-        fail_input(e.spec.path, "the " + name + " split holds no sequence of " + std::to_string(e.spec.context) +
-                                    " tokens (train: the first 90% of the ids, valid: the next 5%, test: the last "
-                                    "5%; lower --context or give more text)");
-      e.names.push_back(name);
-      e.splits.push_back(s);
-    }
-    return e;
-  }
-  e.data = load_dataset(e.spec);
-  const nlohmann::json m = run.model.config();
-  const std::string source = spec.data.empty() ? run.run.config_file() : spec.data;
-  if (run.model.is_lm()) {
-    if (!e.data.is_text) fail_input(source, "the run's model is an LM; its data must be text, not " + e.spec.name);
-    if (e.data.num_classes > m.value("vocab_size", std::int64_t{0}))
-      fail_input(source, "the data's vocabulary (" + std::to_string(e.data.num_classes) +
-                             " tokens) is larger than the model's (" + std::to_string(m.value("vocab_size", std::int64_t{0})) + ")");
-    if (e.spec.context > m.value("context", std::int64_t{0}))
-      fail_input(source, "sequences of " + std::to_string(e.spec.context) + " tokens are longer than the model's context (" +
-                             std::to_string(m.value("context", std::int64_t{0})) + ")");
   } else {
-    if (e.data.is_text) fail_input(source, "the run's model is a classifier; its data cannot be text");
-    const bool image = e.data.input_shape.size() == 3;
-    const std::int64_t channels = m.value("in_channels", std::int64_t{0}), size = m.value("image_size", std::int64_t{0});
-    const bool fits = image ? e.data.input_shape[0] == channels && e.data.input_shape[1] == size
-                            : e.data.input_shape.at(0) == channels && size == 1;
-    if (!fits || e.data.num_classes != m.value("num_classes", std::int64_t{0}))
-      fail_input(source, "the data (" + e.spec.name + ", " + std::to_string(e.data.num_classes) +
-                             " classes) does not fit the run's model (in_channels " + std::to_string(channels) +
-                             ", image_size " + std::to_string(size) + ", num_classes " +
-                             std::to_string(m.value("num_classes", std::int64_t{0})) + ")");
+    e.data = load_dataset(e.spec);
+    check_data_fits_run(e, run, spec.data.empty() ? run.run.config_file() : spec.data);
   }
+  const std::string source = run.is_hf() ? e.spec.path : spec.data.empty() ? run.run.config_file() : spec.data;
   for (const std::string& name : spec.splits) {
     const TensorSplit s = e.data.split(name, "split").head(spec.max_samples);
+    if (s.size() == 0 && run.is_hf())
+      fail_input(source, "the " + name + " split holds no sequence of " + std::to_string(e.spec.context) +
+                             " tokens (train: the first 90% of the ids, valid: the next 5%, test: the last "
+                             "5%; lower --context or give more text)");
     if (s.size() == 0) fail_input(source, "the " + name + " split of " + e.spec.name + " is empty");
     e.names.push_back(name);
     e.splits.push_back(s);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moescope/io/report.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
@@ -112,12 +113,7 @@ TEST_P(HFRunsCli, ActivationsHessianLandscapeAndPlots) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, HFRunsCli, ::testing::Values("mixtral", "olmoe", "qwen2-moe"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s)
-                             if (c == '-') c = '_';
-                           return s;
-                         });
+                         testing::DashFreeName());
 
 // Interpolating all weights from one folder to another: a = 1 is the second model's loss.
 TEST(HFRunsCliInterpolation, TheFarEndIsTheOtherModel) {

@@ -10,11 +10,13 @@
 #include "moescope/data/tokenizer.hpp"
 #include "moescope/io/synthetic_model.hpp"
 #include "moescope/util/error.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
 
+using testing::input_error_of;
 using testing::TempDir;
 using testing::write_text;
 
@@ -22,16 +24,6 @@ std::string ids_text(std::int64_t n, std::int64_t offset = 0) {
   std::string s;
   for (std::int64_t i = 0; i < n; ++i) s += std::to_string(i + offset) + (i % 10 == 9 ? "\n" : " ");
   return s;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TokenWindows, NonOverlappingWithNextTokenTargets) {
@@ -82,13 +74,13 @@ TEST(TokenDataset, OutOfRangeIdNamesFilePositionAndField) {
   TempDir dir;
   write_text(dir.file("ids.txt"), "1 2 3 300 4");
   DataSpec spec = parse_data_arg("tokens:" + dir.file("ids.txt"));
-  const std::string e = error_of([&] { load_token_dataset(spec, {"", 300, "m/config.json"}); });
+  const std::string e = input_error_of([&] { load_token_dataset(spec, {"", 300, "m/config.json"}); });
   EXPECT_NE(e.find(dir.file("ids.txt")), std::string::npos) << e;
   EXPECT_NE(e.find("id 300 at position 3"), std::string::npos) << e;
   EXPECT_NE(e.find("vocab_size of m/config.json"), std::string::npos) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos);
   write_text(dir.file("neg.txt"), "1 -2");
-  EXPECT_NE(error_of([&] { load_token_dataset(parse_data_arg("tokens:" + dir.file("neg.txt")), {}); }).find("neg.txt"),
+  EXPECT_NE(input_error_of([&] { load_token_dataset(parse_data_arg("tokens:" + dir.file("neg.txt")), {}); }).find("neg.txt"),
             std::string::npos);
 }
 
@@ -116,21 +108,21 @@ TEST(TokenDataset, TextIsEncodedByTheTokenizer) {
   EXPECT_EQ(read_token_data(spec, {dir.file("tokenizer.json"), 0, ""}), ids);
 
   // Text needs a tokenizer; the model's vocabulary bounds the tokenizer's ids too.
-  EXPECT_NE(error_of([&] { load_token_dataset(spec, {}); }).find("tokenizer.json"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_token_dataset(spec, {}); }).find("tokenizer.json"), std::string::npos);
   EXPECT_THROW(load_dataset(spec), InputError);
-  const std::string e = error_of([&] { load_token_dataset(spec, {dir.file("tokenizer.json"), 5, "c.json"}); });
+  const std::string e = input_error_of([&] { load_token_dataset(spec, {dir.file("tokenizer.json"), 5, "c.json"}); });
   EXPECT_NE(e.find("vocab_size of c.json"), std::string::npos) << e;
   EXPECT_NE(e.find("t.txt"), std::string::npos) << e;
   // Too little text for one window of the context.
   spec.context = 100000;
-  EXPECT_NE(error_of([&] { load_token_dataset(spec, {dir.file("tokenizer.json"), 0, ""}); }).find("--context"),
+  EXPECT_NE(input_error_of([&] { load_token_dataset(spec, {dir.file("tokenizer.json"), 0, ""}); }).find("--context"),
             std::string::npos);
   write_text(dir.file("empty.txt"), "");
-  EXPECT_NE(error_of([&] { load_token_dataset(parse_data_arg("text:" + dir.file("empty.txt")),
+  EXPECT_NE(input_error_of([&] { load_token_dataset(parse_data_arg("text:" + dir.file("empty.txt")),
                                               {dir.file("tokenizer.json"), 0, ""}); })
                 .find("empty.txt"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { load_token_dataset(parse_data_arg("tokens"), {}); }).find("needs a path"),
+  EXPECT_NE(input_error_of([&] { load_token_dataset(parse_data_arg("tokens"), {}); }).find("needs a path"),
             std::string::npos);
 }
 

@@ -8,10 +8,13 @@
 #include <vector>
 
 #include "moescope/util/error.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
+
+using testing::input_error_of;
 
 // Small but realistic MoE shapes: E experts, hidden size H, expert intermediate size I.
 constexpr std::int64_t kE = 4, kH = 8, kI = 6;
@@ -177,16 +180,6 @@ std::vector<std::string> roles(const ExpertLayout& e) {
   std::vector<std::string> r;
   for (const auto& m : e.matrices) r.push_back(m.role);
   return r;
-}
-
-// The InputError message `f` throws, or "" when it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
@@ -364,7 +357,7 @@ TEST(Layout, GptOssViews) {
 TEST(Layout, FusedShapesThatFitNeitherLayoutFail) {
   auto v = fused_v5(1);
   tensor(v, "model.layers.0.mlp.experts.down_proj").shape = {kE, kH, kI + 1};
-  const std::string msg = error_of([&] { detect_layout(v); });
+  const std::string msg = input_error_of([&] { detect_layout(v); });
   EXPECT_TRUE(has(msg, "model.layers.0.mlp")) << msg;
   EXPECT_TRUE(has(msg, "[4, 8, 7]")) << msg;
 }
@@ -536,7 +529,7 @@ TEST(Layout, BadPatternsFail) {
     LayoutOptions o;
     o.expert_pattern = pattern;
     o.pattern_source = "--expert-pattern";
-    return error_of([&] { detect_layout(custom_net(), o); });
+    return input_error_of([&] { detect_layout(custom_net(), o); });
   };
   std::string msg = err(R"(^net\.(?<layer>\d+)\.moe\.e(?<expert>\d+)\.\w+$)");
   EXPECT_EQ(msg.rfind("--expert-pattern: ", 0), 0u) << msg;
@@ -555,7 +548,7 @@ TEST(Layout, CustomPatternNonNumericLayerFails) {
   LayoutOptions o;
   o.expert_pattern = R"(^(?<layer>\w+)\.e(?<expert>\d+)\.(?<matrix>\w+)$)";
   o.pattern_source = "--expert-pattern";
-  const std::string msg = error_of([&] { detect_layout({T("abc.e0.w1", {2, 2})}, o); });
+  const std::string msg = input_error_of([&] { detect_layout({T("abc.e0.w1", {2, 2})}, o); });
   EXPECT_TRUE(has(msg, "--expert-pattern")) << msg;
   EXPECT_TRUE(has(msg, "abc.e0.w1")) << msg;
 }
@@ -565,7 +558,7 @@ TEST(Layout, CustomPatternNonNumericLayerFails) {
 TEST(Layout, InconsistentShapesNameLayerAndExpert) {
   auto v = mixtral();
   tensor(v, "model.layers.1.block_sparse_moe.experts.3.w2.weight").shape = {kH, kI + 1};
-  const std::string msg = error_of([&] { detect_layout(v); });
+  const std::string msg = input_error_of([&] { detect_layout(v); });
   EXPECT_TRUE(has(msg, "layer_01")) << msg;
   EXPECT_TRUE(has(msg, "expert 3")) << msg;
   EXPECT_TRUE(has(msg, "'down'")) << msg;
@@ -574,7 +567,7 @@ TEST(Layout, InconsistentShapesNameLayerAndExpert) {
 TEST(Layout, MissingMatrixNamesLayerAndExpert) {
   auto v = mixtral();
   remove_if_name(v, [](const std::string& n) { return n == "model.layers.0.block_sparse_moe.experts.1.w3.weight"; });
-  const std::string msg = error_of([&] { detect_layout(v); });
+  const std::string msg = input_error_of([&] { detect_layout(v); });
   EXPECT_TRUE(has(msg, "layer_00")) << msg;
   EXPECT_TRUE(has(msg, "expert 1")) << msg;
 }
@@ -582,7 +575,7 @@ TEST(Layout, MissingMatrixNamesLayerAndExpert) {
 TEST(Layout, GapInExpertIndicesFails) {
   auto v = olmoe(2);
   remove_if_name(v, [](const std::string& n) { return has(n, "model.layers.1.mlp.experts.2."); });
-  const std::string msg = error_of([&] { detect_layout(v); });
+  const std::string msg = input_error_of([&] { detect_layout(v); });
   EXPECT_TRUE(has(msg, "layer_01")) << msg;
   EXPECT_TRUE(has(msg, "expert 2 is missing")) << msg;
 }
@@ -590,7 +583,7 @@ TEST(Layout, GapInExpertIndicesFails) {
 TEST(Layout, TwoMatricesForOneRoleFail) {
   auto v = mixtral(1);
   v.push_back(T("model.layers.0.block_sparse_moe.experts.0.gate_proj.weight", {kI, kH}));
-  const std::string msg = error_of([&] { detect_layout(v); });
+  const std::string msg = input_error_of([&] { detect_layout(v); });
   EXPECT_TRUE(has(msg, "expert 0")) << msg;
   EXPECT_TRUE(has(msg, "'gate'")) << msg;
 }
@@ -752,15 +745,15 @@ TEST(ReadView, OutOfBoundsFailsNamingTheFile) {
   MatrixView v = *detect_layout(infos).layers[0].experts[3].find("up");
   std::vector<double> out(static_cast<std::size_t>(v.numel()) + 1);
   // A request past the view's own size.
-  std::string msg = error_of([&] { read_view_f64(src, v, 1, v.numel(), out.data()); });
+  std::string msg = input_error_of([&] { read_view_f64(src, v, 1, v.numel(), out.data()); });
   EXPECT_EQ(msg.rfind("mem.safetensors: ", 0), 0u) << msg;
   // A view that runs past the tensor.
   v.offset += 1;
-  msg = error_of([&] { read_view_f64(src, v, 0, 1, out.data()); });
+  msg = input_error_of([&] { read_view_f64(src, v, 0, 1, out.data()); });
   EXPECT_EQ(msg.rfind("mem.safetensors: ", 0), 0u) << msg;
   EXPECT_TRUE(has(msg, "gate_up_proj")) << msg;
   v.offset = -1;
-  msg = error_of([&] { read_view_f64(src, v, 0, 1, out.data()); });
+  msg = input_error_of([&] { read_view_f64(src, v, 0, 1, out.data()); });
   EXPECT_FALSE(msg.empty());
 }
 

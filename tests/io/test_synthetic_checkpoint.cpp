@@ -9,6 +9,7 @@
 #include "moescope/io/synthetic_checkpoint.hpp"
 #include "moescope/metrics/geometry.hpp"
 #include "moescope/util/error.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
@@ -57,12 +58,7 @@ TEST_P(SyntheticFamily, DetectedAndGeometryMatchesConstruction) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFamilies, SyntheticFamily, ::testing::ValuesIn(synthetic_families()),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (auto& c : n)
-                             if (c == '-') c = '_';
-                           return n;
-                         });
+                         testing::DashFreeName());
 
 TEST(Synthetic, ShardedEqualsSingleFileAndBf16IsClose) {
   TempDir dir;

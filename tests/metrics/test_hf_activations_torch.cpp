@@ -17,6 +17,7 @@
 #include "moescope/metrics/hf_activations_torch.hpp"
 #include "moescope/model/hf.hpp"
 #include "moescope/util/random.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
@@ -202,13 +203,7 @@ TEST_P(HFActivationsDirect, EqualsTheTraceAndExpertForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, HFActivationsDirect,
-                         ::testing::Values("mixtral", "qwen2-moe", "olmoe", "deepseek-moe"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s)
-                             if (c == '-') c = '_';
-                           return s;
-                         });
+                         ::testing::Values("mixtral", "qwen2-moe", "olmoe", "deepseek-moe"), testing::DashFreeName());
 
 // The batch size only groups the work: 1 or 4 sequences per pass give the same statistics (float32 model:
 // the expert outputs are the same numbers, summed in the same token order).

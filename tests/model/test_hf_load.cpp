@@ -15,11 +15,13 @@
 #include "moescope/model/hf.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/random.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
 
+using testing::input_error_of;
 using testing::TempDir;
 
 std::string write_model(const TempDir& dir, const std::string& family, DType dtype = DType::F32, int shards = 1,
@@ -41,17 +43,6 @@ torch::Tensor ids_for(const HFCausalLM& m, std::int64_t B = 2, std::int64_t S = 
   for (std::int64_t i = 0; i < B * S; ++i)
     ids.view({-1})[i] = static_cast<std::int64_t>(rng.uniform() * m->config().vocab_size);
   return ids;
-}
-
-// InputError's message, or "" when `f` does not throw one.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 nlohmann::json read_json(const std::string& path) {
@@ -96,13 +87,7 @@ TEST_P(HFLoadFamilies, NamesAreTheCheckpointNames) {
   EXPECT_EQ(m->dtype(), torch::kFloat);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, HFLoadFamilies, ::testing::ValuesIn(synthetic_model_families()),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s)
-                             if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(All, HFLoadFamilies, ::testing::ValuesIn(synthetic_model_families()), testing::DashFreeName());
 
 TEST(HFLoad, ShardedCheckpointGivesTheSameModel) {
   TempDir dir;
@@ -215,7 +200,7 @@ TEST(HFLoad, OnlyTheTrainableSubsetRequiresGrad) {
                                          "model.layers.2.mlp.experts.5.up_proj.weight",
                                          "model.layers.2.mlp.experts.5.down_proj.weight"}));
   o.trainable = "expert:1.0";  // layer 1 is dense
-  EXPECT_NE(error_of([&] { load_hf_model(path, o); }).find("selects no parameters"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_hf_model(path, o); }).find("selects no parameters"), std::string::npos);
 }
 
 // FP8 (E4M3) expert weights with 128x128 block scales are dequantised on load.
@@ -266,7 +251,7 @@ TEST(HFLoadErrors, UnknownArchitectureNamesTheValue) {
   auto cfg = read_json(path + "/config.json");
   cfg["architectures"] = {"LlamaForCausalLM"};
   write_json(path + "/config.json", cfg);
-  const std::string msg = error_of([&] { load_hf_model(path); });
+  const std::string msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find(path + "/config.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("LlamaForCausalLM"), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos);
@@ -278,7 +263,7 @@ TEST(HFLoadErrors, ShapeDisagreeingWithConfigNamesFileTensorAndShapes) {
   auto cfg = read_json(path + "/config.json");
   cfg["intermediate_size"] = 40;
   write_json(path + "/config.json", cfg);
-  const std::string msg = error_of([&] { load_hf_model(path); });
+  const std::string msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find(path + "/model.safetensors"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'model.layers.0.block_sparse_moe.experts.0.w1.weight'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[48, 32]"), std::string::npos) << msg;
@@ -292,7 +277,7 @@ TEST(HFLoadErrors, MissingAndExtraTensors) {
   const std::string file = path + "/model.safetensors";
   const auto original = testing::read_bytes(file);
   rewrite(file, [](TensorMap& m) { m.erase("model.layers.1.self_attn.k_norm.weight"); });
-  std::string msg = error_of([&] { load_hf_model(path); });
+  std::string msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find("'model.layers.1.self_attn.k_norm.weight' is missing"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[16]"), std::string::npos) << msg;  // kv heads 2 x head_dim 8
 
@@ -301,7 +286,7 @@ TEST(HFLoadErrors, MissingAndExtraTensors) {
     std::vector<std::uint8_t> b(8 * 4, 0);
     m["model.layers.0.self_attn.extra.weight"] = {TensorInfo{"model.layers.0.self_attn.extra.weight", DType::F32, {8}}, b};
   });
-  msg = error_of([&] { load_hf_model(path); });
+  msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find("unexpected tensor 'model.layers.0.self_attn.extra.weight'"), std::string::npos) << msg;
 
   // rotary buffers some checkpoints carry are fine
@@ -318,7 +303,7 @@ TEST(HFLoadErrors, MissingAndExtraTensors) {
     auto& [info, bytes] = m.at("model.norm.weight");
     info.dtype = DType::I32;
   });
-  msg = error_of([&] { load_hf_model(path); });
+  msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find("'model.norm.weight' has dtype I32"), std::string::npos) << msg;
 }
 
@@ -328,22 +313,22 @@ TEST(HFLoadErrors, UnsupportedConfigValuesNameTheField) {
   auto cfg = read_json(path + "/config.json");
   cfg["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32}};
   write_json(path + "/config.json", cfg);
-  std::string msg = error_of([&] { load_hf_model(path); });
+  std::string msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find("'rope_scaling'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("not supported yet"), std::string::npos) << msg;
   cfg.erase("rope_scaling");
   cfg["hidden_act"] = "gelu";
   write_json(path + "/config.json", cfg);
-  msg = error_of([&] { load_hf_model(path); });
+  msg = input_error_of([&] { load_hf_model(path); });
   EXPECT_NE(msg.find("'hidden_act'"), std::string::npos) << msg;
 }
 
 TEST(HFLoadErrors, MissingFolderOrConfig) {
   TempDir dir;
-  EXPECT_NE(error_of([&] { load_hf_model(dir.file("nothing")); }), "");
+  EXPECT_NE(input_error_of([&] { load_hf_model(dir.file("nothing")); }), "");
   const std::string path = write_model(dir, "mixtral");
   std::remove((path + "/config.json").c_str());
-  EXPECT_NE(error_of([&] { load_hf_model(path); }).find("config.json"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_hf_model(path); }).find("config.json"), std::string::npos);
 }
 
 TEST(HFLoad, DTypeNames) {

@@ -10,11 +10,13 @@
 #include "moescope/io/synthetic_model.hpp"
 #include "moescope/model/task.hpp"
 #include "moescope/util/error.hpp"
+#include "support/expect_error.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
 
+using testing::input_error_of;
 using testing::TempDir;
 using testing::write_text;
 
@@ -33,16 +35,6 @@ std::string sample_text() {
   std::string t;
   for (int i = 0; i < 60; ++i) t += "the cat sat on the mat; then it ran to the door and out " + std::to_string(i) + ".\n";
   return t;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TaskModelHF, LoadRunOpensAFolder) {
@@ -180,15 +172,15 @@ TEST(TaskModelHF, EvalDataErrorsNameWhatIsWrong) {
   const std::string path = write_model(dir, "mixtral");
   const LoadedRun r = load_run(path);
   EvalSpec es;
-  std::string e = error_of([&] { load_eval_data(r, es); });  // no data given
+  std::string e = input_error_of([&] { load_eval_data(r, es); });  // no data given
   EXPECT_NE(e.find("--data text:PATH"), std::string::npos) << e;
   EXPECT_NE(e.find(path), std::string::npos) << e;
   es.data = "fashion-mnist";
-  e = error_of([&] { load_eval_data(r, es); });
+  e = input_error_of([&] { load_eval_data(r, es); });
   EXPECT_NE(e.find("Hugging Face model"), std::string::npos) << e;
   write_text(dir.file("ids.txt"), "1 2 3 99999 4");
   es.data = "tokens:" + dir.file("ids.txt");
-  e = error_of([&] { load_eval_data(r, es); });
+  e = input_error_of([&] { load_eval_data(r, es); });
   EXPECT_NE(e.find("ids.txt"), std::string::npos) << e;
   EXPECT_NE(e.find("id 99999"), std::string::npos) << e;
   EXPECT_NE(e.find("vocab_size of " + path + "/config.json"), std::string::npos) << e;
@@ -196,19 +188,19 @@ TEST(TaskModelHF, EvalDataErrorsNameWhatIsWrong) {
   es.data = "tokens:" + dir.file("few.txt");
   es.context = 4;
   es.splits = {"valid"};  // round(10 * 0.05) = 1 id: no window
-  e = error_of([&] { load_eval_data(r, es); });
+  e = input_error_of([&] { load_eval_data(r, es); });
   EXPECT_NE(e.find("valid split"), std::string::npos) << e;
   // A folder without tokenizer.json reads token ids only.
   std::filesystem::remove(path + "/tokenizer.json");
   write_text(dir.file("t.txt"), sample_text());
   es.data = "text:" + dir.file("t.txt");
   es.splits = {"train"};
-  e = error_of([&] { load_eval_data(r, es); });
+  e = input_error_of([&] { load_eval_data(r, es); });
   EXPECT_NE(e.find("--tokens"), std::string::npos) << e;
   // --context on non-text data
   const LoadedRun own_like = r;
   es.data = "clustered";
-  e = error_of([&] { load_eval_data(own_like, es); });
+  e = input_error_of([&] { load_eval_data(own_like, es); });
   EXPECT_NE(e.find("not text"), std::string::npos) << e;
 }
 
@@ -218,20 +210,20 @@ TEST(TaskModelHF, BadFoldersAreInputErrorsNamingTheField) {
   auto cfg = nlohmann::json::parse(std::ifstream(path + "/config.json"));
   cfg["architectures"] = {"LlamaForCausalLM"};
   std::ofstream(path + "/config.json") << cfg.dump();
-  std::string e = error_of([&] { load_run(path); });
+  std::string e = input_error_of([&] { load_run(path); });
   EXPECT_NE(e.find("architectures"), std::string::npos) << e;
   EXPECT_NE(e.find("LlamaForCausalLM"), std::string::npos) << e;
   cfg["architectures"] = {"OlmoeForCausalLM"};
   cfg["intermediate_size"] = 17;
   std::ofstream(path + "/config.json") << cfg.dump();
-  e = error_of([&] { load_run(path); });
+  e = input_error_of([&] { load_run(path); });
   EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
   EXPECT_NE(e.find("config.json implies"), std::string::npos) << e;
   RunLoadOptions o;
   o.trainable = "expert:9.9";
   cfg["intermediate_size"] = 16;
   std::ofstream(path + "/config.json") << cfg.dump();
-  e = error_of([&] { load_run(path, o); });
+  e = input_error_of([&] { load_run(path, o); });
   EXPECT_NE(e.find("expert:9.9"), std::string::npos) << e;
 }
 

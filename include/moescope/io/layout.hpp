@@ -69,6 +69,10 @@ struct LayoutOptions {
 /// "wi" -> "up", ...); a role or unknown name is returned unchanged.
 std::string matrix_role(const std::string& name);
 
+/// The report key of a layer: "layer_03", or "<part>_layer_03" for a part of an encoder-decoder model
+/// ("encoder_layer_01"). Every report names layers this way, so reports of one checkpoint pair up by key.
+std::string layer_key(int layer, const std::string& part = "");
+
 /// Detects the layout. Throws InputError when the expert pattern is invalid or lacks a group, or when
 /// experts of one layer disagree in matrices or shapes.
 Layout detect_layout(const std::vector<TensorInfo>& tensors, const LayoutOptions& opts = {});

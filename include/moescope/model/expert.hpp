@@ -90,9 +90,10 @@ class BatchedExperts {
   /// Rows grouped by expert: expert e on x's rows tokens[s_e, s_e + counts[e]), s_e = counts[0] + ... +
   /// counts[e-1]; returns [N, O] in the order of `tokens` (int64 [N], N = sum of counts). When the largest group
   /// pads the batch to at most twice N rows, one padded batched product; otherwise one product per non-empty group
-  /// (unbalanced routing, where padding would cost more than the E separate calls).
-  torch::Tensor grouped(const torch::Tensor& x, const torch::Tensor& tokens,
-                        const std::vector<std::int64_t>& counts) const;
+  /// (unbalanced routing, where padding would cost more than the E separate calls). `allow_padding` false always
+  /// runs one expert after another (the reference path).
+  torch::Tensor grouped(const torch::Tensor& x, const torch::Tensor& tokens, const std::vector<std::int64_t>& counts,
+                        bool allow_padding = true) const;
   /// Which way grouped() runs for these counts: true for the padded batched product.
   static bool grouped_uses_padding(const std::vector<std::int64_t>& counts);
 
