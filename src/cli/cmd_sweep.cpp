@@ -81,6 +81,7 @@ void collect(const SweepPlan& plan, const Context& ctx, const std::string& bin) 
   SweepSummary s = summarise_sweep(table, plan.spec.pairs);
   s.name = plan.spec.name;
   s.description = plan.spec.description;
+  s.columns = plan.spec.columns;
   {
     ReportWriter w(plan.dir + "/summary.h5");
     Provenance p = make_provenance(ctx, "");
@@ -89,9 +90,20 @@ void collect(const SweepPlan& plan, const Context& ctx, const std::string& bin) 
     write_summary(w, s);
     w.commit();
   }
-  const std::string figures = plan.dir + "/figures";
-  const CommandResult f = run_command({bin, "plot", h5, "-o", figures});
-  if (f.exit_code != 0) spdlog::warn("sweep: no figures ({})", f.last_error_line);
+  // Drawn into a fresh folder that then replaces figures/: a figure of a column the table no longer has (an earlier
+  // collection's) must not stay beside the new ones, or summary.md would link it.
+  const std::string figures = plan.dir + "/figures", drawing = figures + ".partial";
+  std::error_code ec;
+  std::filesystem::remove_all(drawing, ec);
+  const CommandResult f = run_command({bin, "plot", h5, "-o", drawing});
+  std::filesystem::remove_all(figures, ec);
+  if (f.exit_code != 0) {
+    spdlog::warn("sweep: no figures ({})", f.last_error_line);
+    std::filesystem::remove_all(drawing, ec);
+  } else {
+    std::filesystem::rename(drawing, figures, ec);
+    if (ec) spdlog::warn("sweep: figures left in {} ({})", drawing, ec.message());
+  }
   std::vector<std::string> commands{ctx.command_line, "# collect again (e.g. after jobs ran elsewhere):",
                                     shell_command({bin, "sweep", plan.spec.file, "-o", plan.dir, "--collect"}),
                                     "# the commands of the first point:"};

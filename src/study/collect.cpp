@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "moescope/io/report.hpp"
+#include "moescope/stats/moments.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
 #include "moescope/util/numbers.hpp"
@@ -20,13 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 
 
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  std::size_t n = 0;
-  for (double x : v)
-    if (std::isfinite(x)) s += x, ++n;
-  return n ? s / static_cast<double>(n) : kNaN;
-}
+// The mean over layers (or experts) of a metric, NaN values left out.
+double mean_of(const std::vector<double>& v) { return finite_moments(v).mean; }
 
 double cv_of(const std::vector<double>& v) {
   if (v.size() < 2) return kNaN;
@@ -42,10 +38,65 @@ double last_of(const ReportReader& r, const std::string& path) {
   return v.empty() ? kNaN : v.back();
 }
 
+// Whether the run's log says its model is a classifier (the trainer stores the run's config on /train).
+bool is_classifier_run(const ReportReader& log) {
+  if (!log.has_attr("/train", "config")) return false;
+  const AttrValue a = log.attr("/train", "config");
+  if (!std::holds_alternative<std::string>(a)) return false;
+  const auto c = nlohmann::json::parse(std::get<std::string>(a), nullptr, false);
+  const auto* type = c.is_object() && c.contains("model") && c["model"].is_object() ? &c["model"] : nullptr;
+  return type && type->contains("type") && (*type)["type"] == "classifier";
+}
+
 std::string fmt_radius(double r) {
   std::ostringstream s;
   s << r;
   return s.str();
+}
+
+// The scalars of a 1-D or 2-D surface, per split S (every /landscape/S_loss): the loss at the origin of the grid
+// (the trained model), the largest and the mean increase over it, and the second difference at the origin,
+// (L(+h) + L(-h) - 2 L(0)) / h^2 along each direction (averaged over x and y for a plane). Only when the origin is
+// a grid point; the curvature only when its neighbours are at the same distance on both sides.
+void surface_metrics(const ReportReader& r, const std::string& file, std::map<std::string, double>& m) {
+  const std::vector<double> x = r.read("/landscape/xcoordinates");
+  const std::vector<double> y = r.exists("/landscape/ycoordinates") ? r.read("/landscape/ycoordinates")
+                                                                    : std::vector<double>{0.0};
+  const auto origin = [](const std::vector<double>& c) {
+    const auto it = std::find(c.begin(), c.end(), 0.0);
+    return it == c.end() ? c.size() : static_cast<std::size_t>(it - c.begin());
+  };
+  const std::size_t i0 = origin(x), j0 = origin(y), nx = x.size(), ny = y.size();
+  if (i0 == nx || j0 == ny) return;
+  // Second difference along one axis through the origin: NaN without symmetric neighbours.
+  const auto second_difference = [](const std::vector<double>& c, std::size_t k, auto&& at) {
+    if (k == 0 || k + 1 >= c.size()) return kNaN;
+    const double h = c[k + 1] - c[k];
+    if (h <= 0 || std::abs((c[k] - c[k - 1]) - h) > 1e-9 * h) return kNaN;
+    return (at(k + 1) + at(k - 1) - 2.0 * at(k)) / (h * h);
+  };
+  const std::string suffix = "_loss";
+  for (const auto& name : r.list("/landscape")) {
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::vector<double> v = r.read("/landscape/" + name);
+    if (v.size() != nx * ny)
+      fail_input(file, "/landscape/" + name + " holds " + std::to_string(v.size()) + " values, not " +
+                           std::to_string(nx) + " x " + std::to_string(ny) + " (its coordinates)");
+    const std::string s = "surface_" + name.substr(0, name.size() - suffix.size());
+    const double l0 = v[i0 * ny + j0];
+    std::vector<double> rise;
+    for (double l : v) rise.push_back(l - l0);
+    const FiniteMoments mo = finite_moments(rise);
+    double top = kNaN;
+    for (double d : rise)
+      if (std::isfinite(d) && (std::isnan(top) || d > top)) top = d;
+    m[s + "_centre_loss"] = l0;
+    m[s + "_max_increase"] = top;
+    m[s + "_mean_increase"] = mo.mean;
+    const double cx = second_difference(x, i0, [&](std::size_t i) { return v[i * ny + j0]; });
+    const double cy = ny > 1 ? second_difference(y, j0, [&](std::size_t j) { return v[i0 * ny + j]; }) : kNaN;
+    m[s + "_curvature"] = ny > 1 ? 0.5 * (cx + cy) : cx;
+  }
 }
 
 // Adds every scalar one report holds, by kind.
@@ -126,6 +177,7 @@ void read_report(const std::string& file, const std::string& command, std::map<s
       }
     }
     if (r.exists("/landscape/sharpness/base_loss")) m["landscape_center_loss"] = r.read_scalar("/landscape/sharpness/base_loss");
+    if (r.exists("/landscape/xcoordinates")) surface_metrics(r, file, m);
   }
 }
 
@@ -162,6 +214,8 @@ std::map<std::string, double> point_metrics(const PlannedPoint& p, const SweepSp
     out["train_eval_loss"] = last_of(r, "/train/train_eval_loss");
     out["train_ppl"] = last_of(r, "/train/train_eval_perplexity");
     out["steps"] = last_of(r, "/train/step") + 1;
+    if (is_classifier_run(r))  // exp(cross-entropy) of a classifier is no quantity anyone reports
+      for (const char* k : {"valid_ppl", "test_ppl", "train_ppl"}) out.erase(k);
     if (sources)
       for (const auto& [k, v] : out) (*sources)[k] = "run/log.h5";
   }

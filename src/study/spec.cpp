@@ -214,9 +214,18 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& f
   }
 
   if (const auto sm = j.find("summary"); sm != j.end()) {
-    if (!sm->is_object()) bad("summary", "an object {\"pairs\": [[X, Y], ...], \"reference\": {...}}");
+    if (!sm->is_object())
+      bad("summary", "an object {\"columns\": [...], \"pairs\": [[X, Y], ...], \"reference\": {...}}");
     for (const auto& item : sm->items())
-      if (item.key() != "pairs" && item.key() != "reference") bad("summary." + item.key(), "unknown key (pairs, reference)");
+      if (item.key() != "columns" && item.key() != "pairs" && item.key() != "reference")
+        bad("summary." + item.key(), "unknown key (columns, pairs, reference)");
+    if (const auto c = sm->find("columns"); c != sm->end()) {
+      if (!c->is_array() || c->empty()) bad("summary.columns", "a non-empty list of column names");
+      for (const auto& col : *c) {
+        if (!col.is_string() || col.get<std::string>().empty()) bad("summary.columns", "column names are strings, got " + col.dump());
+        s.columns.push_back(col.get<std::string>());
+      }
+    }
     if (const auto p = sm->find("pairs"); p != sm->end()) {
       if (!p->is_array()) bad("summary.pairs", "a list of [X, Y] column names");
       for (const auto& pair : *p) {

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "moescope/io/report.hpp"
+#include "moescope/stats/moments.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
 #include "moescope/util/numbers.hpp"
@@ -79,23 +80,10 @@ SweepSummary summarise_sweep(const SweepTable& t, const std::vector<std::pair<st
   }
   for (SweepSetting& set : s.settings)
     for (const auto& m : s.metrics) {
-      std::vector<double> v;
-      for (std::size_t row : set.rows)
-        if (std::isfinite(t.metrics.at(m)[row])) v.push_back(t.metrics.at(m)[row]);
-      set.n[m] = static_cast<std::int64_t>(v.size());
-      double mean = kNaN, sd = kNaN;
-      if (!v.empty()) {
-        mean = 0;
-        for (double x : v) mean += x;
-        mean /= static_cast<double>(v.size());
-        if (v.size() > 1) {
-          double ss = 0;
-          for (double x : v) ss += (x - mean) * (x - mean);
-          sd = std::sqrt(ss / static_cast<double>(v.size() - 1));
-        }
-      }
-      set.mean[m] = mean;
-      set.sd[m] = sd;
+      const FiniteMoments mo = finite_moments(set.values(t.metrics.at(m)));
+      set.n[m] = mo.n;
+      set.mean[m] = mo.mean;
+      set.sd[m] = mo.sd;
     }
 
   // Change against strength 0 (or the smallest strength) within each series.
@@ -125,12 +113,17 @@ SweepSummary summarise_sweep(const SweepTable& t, const std::vector<std::pair<st
     if (name == "strength") return t.strength.empty() ? nullptr : &t.numeric_coords.at(t.strength);
     return t.numeric(name);
   };
+  // Within each series along the strength axis; without one, across all settings (a series of one setting has
+  // nothing to correlate).
+  std::map<std::string, std::vector<const SweepSetting*>> all_settings;
+  for (const auto& set : s.settings) all_settings[""].push_back(&set);
+  const auto& groups = t.strength.empty() ? all_settings : by_series;
   for (const auto& [xn, yn] : pairs) {
     const std::vector<double>* xc = column(xn);
     const std::vector<double>* yc = column(yn);
     if (!xc || !yc) continue;  // a column this sweep does not have
     const std::string xname = xn == "strength" ? t.strength : xn;
-    for (const auto& [series, sets] : by_series) {
+    for (const auto& [series, sets] : groups) {
       for (const char* over : {"settings", "points"}) {
         SweepCorrelation c;
         c.x = xname;
@@ -140,14 +133,7 @@ SweepSummary summarise_sweep(const SweepTable& t, const std::vector<std::pair<st
         std::vector<double> xs, ys;
         if (std::string(over) == "settings") {
           for (const auto* set : sets) {
-            auto mean_of = [&](const std::vector<double>& col) {
-              double sum = 0;
-              int n = 0;
-              for (std::size_t row : set->rows)
-                if (std::isfinite(col[row])) sum += col[row], ++n;
-              return n ? sum / n : kNaN;
-            };
-            const double x = mean_of(*xc), y = mean_of(*yc);
+            const double x = finite_moments(set->values(*xc)).mean, y = finite_moments(set->values(*yc)).mean;
             if (std::isfinite(x) && std::isfinite(y)) xs.push_back(x), ys.push_back(y);
           }
         } else {
@@ -227,13 +213,21 @@ void write_summary_markdown(const std::string& path, const SweepSummary& s, cons
   for (const auto& c : commands) o << c << "\n";
   o << "```\n\n";
 
-  // Results per setting: the headline metrics as mean ± sd (n).
-  std::vector<std::string> shown;
-  for (const auto& m : s.metrics)
-    if (shown.size() < 10 && std::any_of(s.settings.begin(), s.settings.end(), [&](const SweepSetting& x) {
-          return std::isfinite(x.mean.at(m));
-        }))
-      shown.push_back(m);
+  // Results per setting: the spec's columns, else the headline metrics, as mean ± sd (n).
+  std::vector<std::string> shown, missing;
+  for (const auto& c : s.columns) {
+    const std::vector<double>* col = t.numeric(c);
+    const auto it = col ? std::find_if(t.metrics.begin(), t.metrics.end(), [&](const auto& kv) { return &kv.second == col; })
+                        : t.metrics.end();
+    if (it != t.metrics.end() && std::count(s.metrics.begin(), s.metrics.end(), it->first)) shown.push_back(it->first);
+    else missing.push_back(c);
+  }
+  if (s.columns.empty())
+    for (const auto& m : s.metrics)
+      if (shown.size() < 10 && std::any_of(s.settings.begin(), s.settings.end(), [&](const SweepSetting& x) {
+            return std::isfinite(x.mean.at(m));
+          }))
+        shown.push_back(m);
   o << "## Results per setting (mean ± sd over seeds, n)\n\n| setting |";
   for (const auto& m : shown) o << " " << m << " |";
   o << "\n|---|";
@@ -248,7 +242,13 @@ void write_summary_markdown(const std::string& path, const SweepSummary& s, cons
         << set.n.at(m) << ") |";
     o << "\n";
   }
-  o << "\nEvery other column is in `sweep.csv`.\n\n";
+  o << "\nEvery other column is in `sweep.csv`.";
+  if (!missing.empty()) {
+    o << " Not in this sweep (no finished report has them):";
+    for (const auto& c : missing) o << " `" << c << "`";
+    o << ".";
+  }
+  o << "\n\n";
 
   if (!s.change_percent.empty()) {
     o << "## Change against the smallest strength (`" << t.strength << "`), percent\n\n";

@@ -81,6 +81,15 @@ TEST(CliSweep, WholeStudyKillAndResumeAndEmittedJobs_Slow) {
   r = run_moescope({"correlate", full + "/sweep.h5", "--x", "weight_orth", "--y", "mso_mean"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("n = 4"), std::string::npos) << r.out;
+  // Collecting again redraws the figures: one of a column the table no longer has goes, and summary.md does not
+  // link it; a column equal at every point (steps) gets no figure.
+  fs::create_directories(full + "/figures");
+  write_text(full + "/figures/sweep_gone.png", "stale");
+  r = run_moescope({"sweep", dir.file("spec.json"), "-o", full, "--collect"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(file_exists(full + "/figures/sweep_gone.png"));
+  EXPECT_EQ(file_text(full + "/summary.md").find("sweep_gone"), std::string::npos);
+  EXPECT_FALSE(file_exists(full + "/figures/sweep_steps.png"));
 
   // Killed once its first point's training has written a checkpoint, then run again.
   {

@@ -121,6 +121,83 @@ TEST(SweepCollect, TimingColumnsAreNamedByTheirUnit) {
   EXPECT_FALSE(is_timing_column("ms"));  // no unit suffix: a column named "ms" is not known to be a time
 }
 
+// Surfaces: per split the loss at the origin, the largest and mean rise over the grid, and the second difference
+// at the origin (a quadratic's exact second derivative); no curvature without symmetric neighbours, nothing
+// without the origin on the grid.
+TEST(SweepCollect, SurfaceScalarsOfOneAndTwoDimensionalGrids) {
+  testing::TempDir dir;
+  const SweepSpec s = parse_sweep_spec(nlohmann::ordered_json::parse(R"({
+    "name": "c", "axes": {"seed": [0]},
+    "analyses": {"l1": {"command": "landscape", "dirs": "filter", "x": "-1:1:5"},
+                 "l2": {"command": "landscape", "dirs": "filter", "x": "-1:1:3", "y": "-2:4:4"},
+                 "interp": {"command": "landscape", "dirs": "filter", "x": "0:1:3"},
+                 "off": {"command": "landscape", "dirs": "filter", "x": "0.1:0.2:2"}}})"),
+                                       "spec.json");
+  const PlannedPoint p = plan_sweep(s, dir.file("out"), SweepOptions{"/m", 1, 1}).points[0];
+  fs::create_directories(p.dir);
+  {
+    ReportWriter w(p.dir + "/l1.h5");
+    w.write("/landscape/xcoordinates", {-1, -0.5, 0, 0.5, 1}, {5});
+    w.write("/landscape/train_loss", {3.0, 1.5, 1.0, 1.25, 2.0}, {5});
+    w.write("/landscape/train_acc", {0.1, 0.5, 0.9, 0.6, 0.2}, {5});  // not a loss: no columns
+    w.commit();
+  }
+  {
+    ReportWriter w(p.dir + "/l2.h5");  // 1 + x^2 + y^2 / 2 on x in {-1, 0, 1}, y in {-2, 0, 2, 4}
+    const std::vector<double> x{-1, 0, 1}, y{-2, 0, 2, 4};
+    std::vector<double> v;
+    for (double xi : x)
+      for (double yj : y) v.push_back(1 + xi * xi + 0.5 * yj * yj);
+    w.write("/landscape/xcoordinates", x, {3});
+    w.write("/landscape/ycoordinates", y, {4});
+    w.write("/landscape/test_loss", v, {3, 4});
+    w.commit();
+  }
+  for (const char* name : {"interp", "off"}) {
+    ReportWriter w(p.dir + "/" + name + ".h5");
+    const bool interp = std::string(name) == "interp";
+    w.write("/landscape/xcoordinates", interp ? std::vector<double>{0, 0.5, 1} : std::vector<double>{0.1, 0.2},
+            {interp ? 3u : 2u});
+    w.write("/landscape/train_loss", interp ? std::vector<double>{0.5, 2.5, 0.75} : std::vector<double>{1, 2},
+            {interp ? 3u : 2u});
+    w.commit();
+  }
+  const auto m = point_metrics(p, s);
+  EXPECT_DOUBLE_EQ(m.at("l1.surface_train_centre_loss"), 1.0);
+  EXPECT_DOUBLE_EQ(m.at("l1.surface_train_max_increase"), 2.0);
+  EXPECT_DOUBLE_EQ(m.at("l1.surface_train_mean_increase"), 0.75);
+  EXPECT_DOUBLE_EQ(m.at("l1.surface_train_curvature"), 3.0);  // (1.25 + 1.5 - 2) / 0.5^2
+  EXPECT_EQ(m.count("l1.surface_train_acc_centre_loss") + m.count("l1.surface_train_acc_curvature"), 0u);
+  EXPECT_DOUBLE_EQ(m.at("l2.surface_test_centre_loss"), 1.0);
+  EXPECT_DOUBLE_EQ(m.at("l2.surface_test_max_increase"), 9.0);                // x = +-1, y = 4
+  EXPECT_NEAR(m.at("l2.surface_test_mean_increase"), 2.0 / 3.0 + 3.0, 1e-15);  // mean x^2 + mean y^2 / 2
+  EXPECT_DOUBLE_EQ(m.at("l2.surface_test_curvature"), 1.5);                    // (2 + 1) / 2
+  EXPECT_DOUBLE_EQ(m.at("interp.surface_train_centre_loss"), 0.5);
+  EXPECT_DOUBLE_EQ(m.at("interp.surface_train_max_increase"), 2.0);
+  EXPECT_TRUE(std::isnan(m.at("interp.surface_train_curvature")));  // the origin is the grid's edge
+  for (const auto& [k, v] : m) EXPECT_NE(k.rfind("off.", 0), 0u) << k;  // no origin on the grid
+}
+
+// A classifier's log gives no perplexity columns; a language model's does.
+TEST(SweepCollect, PerplexityOnlyForLanguageModels) {
+  testing::TempDir dir;
+  const SweepPlan p = plan(dir);
+  for (const char* type : {"classifier", "lm"}) {
+    SCOPED_TRACE(type);
+    fs::create_directories(p.points[0].dir + "/run");
+    {
+      ReportWriter w(p.points[0].dir + "/run/log.h5");
+      w.write_int("/train/step", {0, 9}, {2});
+      w.write("/train/val_perplexity", {2.2, 1.8}, {2});
+      w.write_scalar("/train/test_perplexity", 1.9);
+      w.set_attr("/train", "config", std::string(R"({"model": {"type": ")") + type + "\"}}");
+      w.commit();
+    }
+    const auto m = point_metrics(p.points[0], p.spec);
+    EXPECT_EQ(m.count("valid_ppl") + m.count("test_ppl") + m.count("train_ppl"), type == std::string("lm") ? 3u : 0u);
+  }
+}
+
 TEST(SweepCollect, TableRoundTripsThroughHdf5AndCsv) {
   testing::TempDir dir;
   const SweepPlan p = plan(dir);

@@ -63,6 +63,12 @@ TEST(SweepSpec, MistakesAreNamedBeforeAnythingRuns) {
   EXPECT_EQ(with("/strength", "model.head"), "spec.json: strength: 'model.head' is not an axis");
   EXPECT_EQ(with("/summary/pairs", nlohmann::ordered_json::parse(R"([["x"]])")),
             "spec.json: summary.pairs: each pair is [\"X\", \"Y\"], got [\"x\"]");
+  EXPECT_EQ(with("/summary/columns", nlohmann::ordered_json::parse(R"(["test_acc", 3])")),
+            "spec.json: summary.columns: column names are strings, got 3");
+  EXPECT_EQ(with("/summary/columns", "test_acc"), "spec.json: summary.columns: a non-empty list of column names");
+  EXPECT_EQ(with("/summary/colums", nlohmann::ordered_json::array()),
+            "spec.json: summary.colums: unknown key (columns, pairs, reference)");
+  EXPECT_EQ(with("/summary/columns", nlohmann::ordered_json::parse(R"(["test_acc", "lambda_1_train"])")), "(no error)");
   nlohmann::ordered_json no_axes = good();
   no_axes.erase("axes");
   EXPECT_EQ(message_of(no_axes), "spec.json: axes: give at least one axis: {\"KEY\": [values]}");

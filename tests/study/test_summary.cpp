@@ -76,6 +76,46 @@ TEST(SweepSummary, UndefinedCorrelationsSayWhy) {
   EXPECT_TRUE(std::isnan(s.correlations[0].pearson.r));
 }
 
+// Without a strength axis (a head-type comparison) every setting is its own series; correlations are then taken
+// across all settings (3 heads x 2 seeds here): over the three means and over the six points.
+TEST(SweepSummary, WithoutAStrengthAxisCorrelationsRunAcrossSettings) {
+  SweepTable t = table();
+  t.axes = {"model.head", "seed"};
+  t.strength.clear();
+  t.numeric_coords.erase("train.reg.w");
+  t.text_coords["model.head"] = {"dense", "dense", "gated", "gated", "soft", "soft"};
+  const SweepSummary s = summarise_sweep(t, {{"x", "y"}}, BootstrapOptions{200, 0.95, 1});
+  ASSERT_EQ(s.settings.size(), 3u);
+  EXPECT_EQ(s.settings[1].series, "model.head=gated");
+  EXPECT_TRUE(s.change_percent.empty());
+  ASSERT_EQ(s.correlations.size(), 2u);
+  const SweepCorrelation& means = s.correlations[0];
+  EXPECT_EQ(means.over, "settings");
+  EXPECT_EQ(means.series, "");
+  // Setting means: x = 2.0, 3.0, 6.0 (the NaN left out); y = 1.0, 1.5, 3.5: scipy pearsonr r = 0.9986254289035242.
+  EXPECT_EQ(means.n, 3);
+  EXPECT_NEAR(means.pearson.r, 0.9986254289035242, 1e-12);
+  EXPECT_EQ(s.correlations[1].n, 5);  // the five points where both exist
+  EXPECT_NEAR(s.correlations[1].pearson.r, 1.0, 1e-12);
+}
+
+// The spec's summary.columns choose the page's table, in their order, by full name or last dotted component;
+// columns the sweep does not have are named under it.
+TEST(SweepSummary, PageShowsTheSpecsColumns) {
+  testing::TempDir dir;
+  SweepTable t = table();
+  t.metric_names.push_back("landscape_1d.surface_train_curvature");
+  t.metrics["landscape_1d.surface_train_curvature"] = {4, 6, 8, 8, 1, 1};
+  SweepSummary s = summarise_sweep(t, {});
+  s.columns = {"surface_train_curvature", "y", "lambda_1_train"};
+  const std::string md = dir.file("summary.md");
+  write_summary_markdown(md, s, t, {}, {}, dir.file("none"));
+  const std::string page = testing::file_text(md);
+  EXPECT_NE(page.find("| setting | landscape_1d.surface_train_curvature | y |\n"), std::string::npos) << page;
+  EXPECT_NE(page.find("| train.reg.w=0 | 5 ± 1.4 (2) | 1 ± 0.14 (2) |"), std::string::npos) << page;
+  EXPECT_NE(page.find("Not in this sweep (no finished report has them): `lambda_1_train`."), std::string::npos) << page;
+}
+
 TEST(SweepSummary, PageAndReport) {
   testing::TempDir dir;
   const SweepTable t = table();
@@ -84,10 +124,7 @@ TEST(SweepSummary, PageAndReport) {
   const std::string md = dir.file("summary.md");
   write_summary_markdown(md, s, t, {"moescope sweep spec.json -o out"},
                          nlohmann::ordered_json{{"pearson r", "-0.293 (p = 0.523)"}}, dir.file("none"));
-  std::ifstream in(md);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string page = ss.str();
+  const std::string page = testing::file_text(md);
   EXPECT_NE(page.find("# Sweep: demo"), std::string::npos);
   EXPECT_NE(page.find("6 (5 complete, 1 failed, 0 not finished)"), std::string::npos) << page;
   EXPECT_NE(page.find("moescope sweep spec.json -o out"), std::string::npos);

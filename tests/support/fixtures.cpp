@@ -38,6 +38,11 @@ void write_text(const std::string& path, const std::string& text) {
   write_bytes(path, std::vector<std::uint8_t>(text.begin(), text.end()));
 }
 
+std::string file_text(const std::string& path) {
+  const std::vector<std::uint8_t> b = read_bytes(path);
+  return std::string(b.begin(), b.end());
+}
+
 std::vector<std::uint8_t> read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot read " + path);

@@ -25,6 +25,7 @@ class TempDir {
 void write_bytes(const std::string& path, const std::vector<std::uint8_t>& bytes);
 void write_text(const std::string& path, const std::string& text);
 std::vector<std::uint8_t> read_bytes(const std::string& path);
+std::string file_text(const std::string& path);
 bool file_exists(const std::string& path);
 
 struct CliResult {

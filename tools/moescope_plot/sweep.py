@@ -13,7 +13,8 @@ Figures:
   of any other numeric axis. Points that differ only in the seed axis are pooled: the line is their mean and the
   error bars +-1 sample standard deviation (ddof = 1) over seeds, with each seed's value as a faint dot (carrying
   its own +-1 s.e. bar when <m>_stderr exists). With one seed per point the error bars are <m>_stderr when it
-  exists. NaN (missing, failed points) is left out; the legend says over how many seeds.
+  exists. NaN (missing, failed points) is left out; the legend says over how many seeds. A metric with the same
+  value at every point (e.g. steps) gets no figure (it is in sweep.csv).
   x scale: linear, unless the positive strengths span two decades or more; then log, or, when 0 (or a negative
   value) is among the strengths, symlog with its linear part [0, smallest positive strength] one decade wide,
   so 0 sits one decade left of the smallest non-zero strength on an otherwise logarithmic axis (a broken axis
@@ -128,7 +129,8 @@ class Table:
         for m in names:
             if m.endswith("_stderr") and m[: -len("_stderr")] in self.metrics:
                 continue
-            if np.any(np.isfinite(self.metrics[m])):
+            v = self.metrics[m][np.isfinite(self.metrics[m])]
+            if v.size and (v.size == 1 or np.any(v != v[0])):  # a column equal at every point (steps) says nothing
                 out.append(m)
         return out
 

@@ -26,7 +26,8 @@
 //                 "activations": {"when": {"model.head": ["gated", "sparse"]}, ...}
 //                                                 "when": run it only at points whose coordinates are among these
 //                                                 (e.g. no activation analysis for a dense head, which has no experts)
-//    "summary": {"pairs": [["mso_mean", "activation_overlap"], ...],   correlations to report
+//    "summary": {"columns": ["test_acc", "lambda_1_train", ...],      the page's table (default: headline metrics)
+//                "pairs": [["mso_mean", "activation_overlap"], ...],   correlations to report
 //                "reference": {"text": "what the paper reports", ...}},  shown next to our numbers
 //    "threads": 0}                                 worker threads of the whole sweep (0: the --threads given)
 #include <cstdint>
@@ -70,6 +71,7 @@ struct SweepSpec {
   /// "with": axis key -> value text -> {dotted config key: value}; applied after the axes, in axis order.
   std::map<std::string, std::map<std::string, nlohmann::json>> with;
   std::vector<AnalysisSpec> analyses;
+  std::vector<std::string> columns;  ///< summary.columns: the summary page's table, in order (empty: headline metrics)
   std::vector<std::pair<std::string, std::string>> pairs;  ///< summary correlations
   nlohmann::ordered_json reference; ///< summary.reference, printed beside our numbers (in the spec's order)
   int threads = 0;

@@ -4,6 +4,7 @@
 // correlations between pairs of columns (the spec's "summary.pairs", else the seed papers' pairs: weight MSO vs
 // activation overlap, strength vs MSO, strength vs activation overlap, strength vs validation loss / test accuracy /
 // perplexity), over the settings' means (one value per strength, as the papers report them) and over all points,
+// within each series (the settings at the same non-strength coordinates; all settings when there is no strength axis),
 // with Pearson r, Spearman rho, two-sided p-values and 95% percentile bootstrap intervals; and the settings side by
 // side for each categorical axis (e.g. head type vs lambda_1 and trace). Written as DIR/summary.md (a page to read
 // first) and DIR/summary.h5.
@@ -24,6 +25,13 @@ struct SweepSetting {
   std::string series;                ///< the non-seed, non-strength coordinates ("" when none)
   std::map<std::string, double> mean, sd;  ///< per metric, over the rows with a finite value (sd: n - 1)
   std::map<std::string, std::int64_t> n;
+  /// The values of a table column at this setting's rows.
+  std::vector<double> values(const std::vector<double>& column) const {
+    std::vector<double> v;
+    v.reserve(rows.size());
+    for (const std::size_t row : rows) v.push_back(column[row]);
+    return v;
+  }
 };
 
 /// A correlation between two columns.
@@ -38,6 +46,9 @@ struct SweepSummary {
   std::string name, description;
   std::vector<SweepSetting> settings;
   std::vector<std::string> metrics;                      ///< the metrics summarised, headline ones first
+  /// The columns of summary.md's table, in order (the spec's summary.columns); empty: the first ten headline
+  /// metrics a setting has a value of.
+  std::vector<std::string> columns;
   /// Per series and metric: relative change in percent against the strength-0 (or smallest-strength) setting, one
   /// value per setting of the series in ascending strength.
   std::map<std::string, std::map<std::string, std::vector<double>>> change_percent;
