@@ -63,7 +63,12 @@ void validate(const OptimConfig& c);
 
 /// torch::optim::AdamW(lr, (beta1, beta2), eps, weight_decay, amsgrad off) or torch::optim::SGD(lr, momentum,
 /// dampening 0, weight_decay, nesterov) over `params`, one parameter group. Validates the config first.
+/// The AdamW is torch's class with the same state and archive, whose step updates each contiguous float32/float64
+/// CPU parameter in one fused pass over its elements (torch's formula; equal to torch's own step up to the last
+/// bits of a multiply-add) instead of eleven tensor operations; other parameters take torch's step.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimConfig& config, std::vector<torch::Tensor> params);
+/// How many parameter updates make_optimizer's AdamW has done in its fused pass (0 for any other optimizer).
+std::int64_t fused_adamw_updates(const torch::optim::Optimizer& optimizer);
 
 /// The rate for 0-based `step` of a run of `total_steps` steps, with W = warmup_steps:
 ///   step < W:  base(step) * step / W   (linear from 0: the first step has rate 0, step W the full base rate)
@@ -77,7 +82,8 @@ double learning_rate(const OptimConfig& config, std::int64_t step, std::int64_t 
 /// Sets the rate of every parameter group.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 
-/// Global 2-norm of the gradients of `params` (tensors without a gradient are skipped), computed in float64;
+/// Global 2-norm of the gradients of `params` (tensors without a gradient are skipped), computed in float64 (one
+/// pass over each contiguous CPU gradient in fixed blocks: the same bits at any thread count);
 /// returns it. When max_norm > 0 and the norm exceeds it, every gradient is scaled in place by
 /// max_norm / (norm + 1e-6) (torch's clip_grad_norm_ coefficient). A non-finite norm is returned as it is and
 /// leaves the gradients untouched, so the caller can skip the step. One device synchronisation.
