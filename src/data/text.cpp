@@ -17,7 +17,6 @@ namespace {
 
 constexpr const char* kVocabHeader = "moescope-vocabulary 1";
 constexpr std::int32_t kReplacementChar = 0xFFFD;
-constexpr std::int32_t kCodePoints = 0x110000;
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
 
@@ -369,16 +368,19 @@ TextCorpus char_corpus(std::string_view text, const SplitFractions& fractions) {
   std::vector<std::int32_t> cps = decode_utf8(text, c.invalid_utf8);
   const ContiguousSplit s = split_contiguous(static_cast<std::int64_t>(cps.size()), fractions);
 
-  // a dense table over all code points (4.4 MB) keeps the mapping a single load per character
-  std::vector<std::int32_t> id_of(kCodePoints, -1);
+  // A dense table up to the largest code point of the training text keeps the mapping a single load per character
+  // (128 entries for ASCII; at most 4.4 MB). Ids in ascending code-point order.
+  std::int32_t top = -1;
+  for (std::int64_t i = 0; i < s.train_end; ++i) top = std::max(top, cps[static_cast<std::size_t>(i)]);
+  std::vector<std::int32_t> id_of(static_cast<std::size_t>(top + 1), -1);
   for (std::int64_t i = 0; i < s.train_end; ++i) id_of[static_cast<std::size_t>(cps[static_cast<std::size_t>(i)])] = 0;
   const std::int32_t unk = c.vocab.add(kUnkToken);
-  for (std::int32_t cp = 0; cp < kCodePoints; ++cp) {
+  for (std::int32_t cp = 0; cp <= top; ++cp) {
     if (id_of[static_cast<std::size_t>(cp)] == 0) id_of[static_cast<std::size_t>(cp)] = c.vocab.add(encode_utf8(cp));
   }
   for (std::int64_t i = 0; i < s.n; ++i) {
     std::int32_t& v = cps[static_cast<std::size_t>(i)];
-    const std::int32_t id = id_of[static_cast<std::size_t>(v)];
+    const std::int32_t id = v <= top ? id_of[static_cast<std::size_t>(v)] : -1;
     if (id < 0) {
       if (i < s.valid_end) {
         ++c.unknown_valid;
