@@ -86,7 +86,7 @@ classify_report_crashes() {
     [ -e "$f" ] || continue
     frame=$(ASAN_OPTIONS=detect_leaks=0 timeout 120 "$build/fuzz_report" -timeout=10 -malloc_limit_mb=256 \
               -rss_limit_mb=2048 "$f" 2>&1 | grep -E '^ +#[0-9]+ ' |
-            grep -vE '__sanitizer|__asan|asan_|fuzzer::|libclang_rt|in (malloc|free|calloc|realloc|operator new)|libc\.so|libc_start|in _start' |
+            grep -vE '__sanitizer|__asan|asan_|__interceptor_|fuzzer::|libclang_rt|in (malloc|free|calloc|realloc|operator new|memcpy|memmove|memset)|libc\.so|libc_start|in _start' |
             head -1 || true)
     if [[ "$frame" == *libhdf5* ]]; then
       mv "$f" "$dir/hdf5/"
