@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 
@@ -265,8 +266,8 @@ Vocabulary Vocabulary::load(const std::string& path) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);  // written raw \r is always escaped: CRLF
     if (line_no == 1) {
       if (line != kVocabHeader) {
-        fail_input(path, at_line(1) + "expected the header '" + kVocabHeader + "', found '" +
-                             std::string(line.substr(0, 40)) + "'");
+        fail_input(path, at_line(1) + "expected the header '" + kVocabHeader + "', found " +
+                             moescope::quoted(line.substr(0, 40)));
       }
       continue;
     }
@@ -274,7 +275,7 @@ Vocabulary Vocabulary::load(const std::string& path) {
     std::string token = unescape_token(line, path, line_no);
     const std::int32_t prev = v.find(token);
     if (prev >= 0) {
-      fail_input(path, at_line(line_no) + "duplicate token '" + std::string(line) + "' (also line " +
+      fail_input(path, at_line(line_no) + "duplicate token " + moescope::quoted(line) + " (also line " +
                            std::to_string(prev + 2) + ")");
     }
     v.add(token);

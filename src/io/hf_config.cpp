@@ -240,8 +240,9 @@ HFConfig parse_hf_config(const json& j, const std::string& file) {
   if (f.has("quantization_config")) {
     // FP8 with 128x128 block scales is dequantised by the readers; nothing else is.
     const json& q = *f.get("quantization_config");
-    const bool fp8 = q.is_object() && q.value("quant_method", std::string()) == "fp8" &&
-                     q.value("weight_block_size", json::array()) == json::array({128, 128});
+    // Compared as JSON values: a field of another type is "not fp8", not a type_error.
+    const bool fp8 = q.is_object() && q.contains("quant_method") && q["quant_method"] == "fp8" &&
+                     q.contains("weight_block_size") && q["weight_block_size"] == json::array({128, 128});
     if (!fp8)
       f.fail("quantization_config", q.dump() + " is not supported yet (supported: fp8 with weight_block_size [128, 128])");
   }

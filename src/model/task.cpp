@@ -53,7 +53,8 @@ void require_finite_weights(const torch::nn::Module& module, const std::string& 
 
 void check_model_config(const nlohmann::json& config) {
   if (!config.is_object()) throw InputError("model config: expected a JSON object");
-  const std::string type = config.value("type", std::string());
+  const auto t = config.find("type");
+  const std::string type = t != config.end() && t->is_string() ? t->get<std::string>() : std::string();
   if (type == "classifier") {
     ClassifierOptions o;
     from_json(config, o);
@@ -67,8 +68,8 @@ void check_model_config(const nlohmann::json& config) {
 }
 
 TaskModel TaskModel::create(const nlohmann::json& config) {
-  check_model_config(config);
-  const std::string type = config.value("type", std::string());
+  check_model_config(config);  // "type" is "classifier" or "lm" from here on
+  const std::string type = config["type"].get<std::string>();
   TaskModel m;
   if (type == "classifier") {
     ClassifierOptions o;
@@ -274,7 +275,8 @@ LoadedRun load_run(const std::string& path, const RunLoadOptions& options) {
   std::vector<std::string> notes;
   // Runs written before moescope stored the input statistics with the model were trained on images standardised
   // with their own train split's statistics: re-derive them from the run's data (not from any --data given now).
-  if (model_config.value("type", "") == "classifier" && data.is_image() && !model_config.contains("input_mean")) {
+  if (model_config.is_object() && model_config.contains("type") && model_config["type"] == "classifier" && data.is_image() &&
+      !model_config.contains("input_mean")) {
     const Dataset d = load_dataset(data);
     const ChannelStatistics s = channel_statistics(d.train.inputs);
     model_config["input_mean"] = s.mean;

@@ -152,11 +152,15 @@ nlohmann::json fit_model_to_data(const nlohmann::json& model, const Dataset& dat
     }
     m[key] = value;
   };
-  const std::string type = m.value("type", std::string());
+  const auto t = m.find("type");
+  const std::string type = t != m.end() && t->is_string() ? t->get<std::string>() : std::string();
   if (type == "lm") {
     if (!data.is_text) throw InputError("model config: an lm needs a text data set, not " + data.spec.name);
     set("vocab_size", data.num_classes);
-    if (m.value("context", std::int64_t{0}) < data.spec.context) m["context"] = data.spec.context;
+    const auto context = m.find("context");
+    if (context != m.end() && !context->is_number_integer())
+      throw InputError("model config: context must be an integer, got " + context->dump());
+    if (context == m.end() || context->get<std::int64_t>() < data.spec.context) m["context"] = data.spec.context;
   } else if (type == "classifier") {
     if (data.is_text) throw InputError("model config: a classifier needs an image or clustered data set");
     if (data.input_shape.size() == 3) {
@@ -170,7 +174,7 @@ nlohmann::json fit_model_to_data(const nlohmann::json& model, const Dataset& dat
         m["input_std"] = s.stddev;
       }
     } else {
-      if (m.value("backbone", std::string("resnet18")) != "mlp") {
+      if (!(m.contains("backbone") && m["backbone"] == "mlp")) {
         throw InputError("model config: vector data (" + data.spec.name + ") needs the mlp backbone");
       }
       set("in_channels", data.input_shape.at(0));

@@ -70,6 +70,18 @@ TEST(Vocabulary, LoadAcceptsCrlfAndRejectsBadFiles) {
   write_text(d.file("tail"), "moescope-vocabulary 1\nfoo\\\n");
   expect_input_error([&] { Vocabulary::load(d.file("tail")); }, {"tail", "line 2", "backslash"});
   expect_input_error([&] { Vocabulary::load(d.file("missing")); }, {"missing"});
+  // Bytes of the file quoted in a message are escaped: one line whatever the file holds (found by fuzz_text:
+  // tests/data/fuzz/fuzz_text/header-with-control-bytes, a header with a CR and a DEL in it).
+  write_text(d.file("ctl"), "moescope\r\x7f" "ocabulary 1\nfoo\n");
+  write_text(d.file("dupctl"), "moescope-vocabulary 1\nf\roo\nf\roo\n");
+  for (const char* f : {"ctl", "dupctl"}) {
+    try {
+      Vocabulary::load(d.file(f));
+      ADD_FAILURE() << f << ": no error";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()).find_first_of("\r\n\x7f"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(WordCorpus, LinesEndWithEosAndVocabularyComesFromTrain) {

@@ -76,6 +76,17 @@ TEST(Trainer, ConfigJsonRoundTripAndErrors) {
   bad["train"]["steps"] = 0;
   bad["train"]["epochs"] = 0;
   EXPECT_THROW(bad.get<RunConfig>(), InputError);
+  // Fields of the wrong type are InputErrors naming them, not nlohmann type_errors (found by fuzz_run_config_torch:
+  // tests/data/fuzz/fuzz_run_config_torch/model-type-a-number.json, {"model": {"type": 4}, ...}).
+  const nlohmann::json found = nlohmann::json::parse(
+      moescope::testing::file_text(std::string(MOESCOPE_SOURCE_DIR) +
+                                   "/tests/data/fuzz/fuzz_run_config_torch/model-type-a-number.json"));
+  try {
+    (void)found.get<RunConfig>();
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "model config: field 'type' must be \"classifier\" or \"lm\", got 4");
+  }
 }
 
 TEST(Trainer, FitModelToDataFillsAndChecksShapes) {
