@@ -293,19 +293,25 @@ struct ReportWriter::Impl {
     if (finished) throw std::logic_error(path + ": report already committed");
   }
 
-  [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) {
-    const int err = errno;
+  // An HDF5 call that failed while writing, with `err` the errno it left. A failed write system call (disk full,
+  // file size limit, quota, I/O error) is the machine's state, for the user to fix, not a bug: said as such
+  // (exit 2) as "<failed> (<why>)". HDF5 quotes the errno in most of its messages, not in all ("H5Dclose failed"
+  // when the flush at close fails): then errno says it. Anything else is "<path>: <internal> (<why>)", a bug.
+  [[noreturn]] void fail_write(const std::string& failed, const std::string& internal, const H5::Exception& e,
+                               int err) {
     const std::string why = detail::reason(e);
-    // A failed write system call (disk full, file size limit, quota, I/O error) is the machine's state, for the
-    // user to fix, not a bug: said as such (exit 2). HDF5 quotes the errno in most of its messages, not in all
-    // ("H5Dclose failed" when the flush at close fails): then errno says it.
     const bool quoted_errno = why.find("errno = ") != std::string::npos;
     if (quoted_errno || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO) {
       write_failed = true;  // see ~ReportWriter
-      fail_input(path, "cannot " + what + " " + moescope::quoted(object) + " in " + tmp + " (" + why +
-                           (quoted_errno ? std::string() : std::string(": ") + std::strerror(err)) + ")");
+      fail_input(path, failed + " (" + why + (quoted_errno ? std::string() : std::string(": ") + std::strerror(err)) + ")");
     }
-    throw std::runtime_error(path + ": cannot " + what + " " + moescope::quoted(object) + " (" + why + ")");
+    throw std::runtime_error(path + ": " + internal + " (" + why + ")");
+  }
+
+  [[noreturn]] void fail_h5(const std::string& what, const std::string& object, const H5::Exception& e) {
+    const int err = errno;
+    const std::string doing = "cannot " + what + " " + moescope::quoted(object);
+    fail_write(doing + " in " + tmp, doing, e, err);
   }
 
   // Creates the groups above the object at `parts` (all but the last component).
@@ -509,16 +515,10 @@ void ReportWriter::commit() {
   try {
     impl_->file->close();
     impl_->open = false;
-  } catch (const H5::Exception& e) {
+  } catch (const H5::Exception& e) {  // the final flush failed
     const int err = errno;
-    const std::string why = detail::reason(e);
-    if (why.find("errno = ") != std::string::npos || err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
-      impl_->write_failed = true;  // the final flush failed: disk full, size limit, I/O error (see ~ReportWriter)
-    if (why.find("errno = ") != std::string::npos)
-      fail_input(path_, "cannot write report " + moescope::quoted(impl_->tmp) + " (" + why + ")");
-    if (err == EFBIG || err == ENOSPC || err == EDQUOT || err == EIO)
-      fail_input(path_, "cannot write report " + moescope::quoted(impl_->tmp) + " (" + why + ": " + std::strerror(err) + ")");
-    throw std::runtime_error(path_ + ": cannot close report " + moescope::quoted(impl_->tmp) + " (" + why + ")");
+    impl_->fail_write("cannot write report " + moescope::quoted(impl_->tmp),
+                      "cannot close report " + moescope::quoted(impl_->tmp), e, err);
   }
   std::error_code ec;
   std::filesystem::rename(impl_->tmp, path_, ec);

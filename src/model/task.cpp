@@ -12,6 +12,7 @@
 #include "moescope/model/classifier.hpp"
 #include "moescope/model/lm.hpp"
 #include "moescope/util/error.hpp"
+#include "moescope/util/json.hpp"
 #include "moescope/util/numbers.hpp"
 
 namespace moescope {
@@ -53,8 +54,7 @@ void require_finite_weights(const torch::nn::Module& module, const std::string& 
 
 void check_model_config(const nlohmann::json& config) {
   if (!config.is_object()) throw InputError("model config: expected a JSON object");
-  const auto t = config.find("type");
-  const std::string type = t != config.end() && t->is_string() ? t->get<std::string>() : std::string();
+  const std::string type = json_fields::string_or_empty(config, "type");
   if (type == "classifier") {
     ClassifierOptions o;
     from_json(config, o);

@@ -12,7 +12,9 @@
 #include "moescope/stats/moments.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
+#include "moescope/util/json.hpp"
 #include "moescope/util/numbers.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 
@@ -44,8 +46,7 @@ bool is_classifier_run(const ReportReader& log) {
   const AttrValue a = log.attr("/train", "config");
   if (!std::holds_alternative<std::string>(a)) return false;
   const auto c = nlohmann::json::parse(std::get<std::string>(a), nullptr, false);
-  const auto* type = c.is_object() && c.contains("model") && c["model"].is_object() ? &c["model"] : nullptr;
-  return type && type->contains("type") && (*type)["type"] == "classifier";
+  return c.is_object() && c.contains("model") && json_fields::string_or_empty(c["model"], "type") == "classifier";
 }
 
 std::string fmt_radius(double r) {
@@ -77,7 +78,7 @@ void surface_metrics(const ReportReader& r, const std::string& file, std::map<st
   };
   const std::string suffix = "_loss";
   for (const auto& name : r.list("/landscape")) {
-    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    if (name == suffix || !ends_with(name, suffix)) continue;
     const std::vector<double> v = r.read("/landscape/" + name);
     if (v.size() != nx * ny)
       fail_input(file, "/landscape/" + name + " holds " + std::to_string(v.size()) + " values, not " +
@@ -183,12 +184,7 @@ void read_report(const std::string& file, const std::string& command, std::map<s
 
 }  // namespace
 
-bool is_timing_column(const std::string& name) {
-  const auto ends_with = [&](const std::string& suffix) {
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  return ends_with("_ms_per_sample") || ends_with("_ms");
-}
+bool is_timing_column(const std::string& name) { return ends_with(name, "_ms_per_sample") || ends_with(name, "_ms"); }
 
 std::string number_text(double v) {
   if (std::isnan(v)) return "nan";
@@ -234,26 +230,37 @@ std::map<std::string, double> point_metrics(const PlannedPoint& p, const SweepSp
 }
 
 namespace {
-// A column by exact name, or by the unique key whose last dotted component is `name`.
+// The entry of a column by exact name, or by the unique key whose last dotted component is `name`.
 template <class Map>
-const typename Map::mapped_type* find_column(const Map& m, const std::string& name) {
+const typename Map::value_type* find_entry(const Map& m, const std::string& name) {
   const auto it = m.find(name);
-  if (it != m.end()) return &it->second;
-  const typename Map::mapped_type* found = nullptr;
-  for (const auto& [k, v] : m) {
-    const auto dot = k.find_last_of('.');
-    if (dot != std::string::npos && k.substr(dot + 1) == name) {
+  if (it != m.end()) return &*it;
+  const typename Map::value_type* found = nullptr;
+  for (const auto& entry : m) {
+    const auto dot = entry.first.find_last_of('.');
+    if (dot != std::string::npos && entry.first.substr(dot + 1) == name) {
       if (found) return nullptr;  // ambiguous
-      found = &v;
+      found = &entry;
     }
   }
   return found;
+}
+
+template <class Map>
+const typename Map::mapped_type* find_column(const Map& m, const std::string& name) {
+  const auto* e = find_entry(m, name);
+  return e ? &e->second : nullptr;
 }
 }  // namespace
 
 const std::vector<double>* SweepTable::numeric(const std::string& name) const {
   if (const auto* m = find_column(metrics, name)) return m;
   return find_column(numeric_coords, name);
+}
+
+const std::string* SweepTable::metric_name(const std::string& name) const {
+  const auto* e = find_entry(metrics, name);
+  return e ? &e->first : nullptr;
 }
 
 const std::vector<std::string>* SweepTable::text(const std::string& name) const {

@@ -216,10 +216,8 @@ void write_summary_markdown(const std::string& path, const SweepSummary& s, cons
   // Results per setting: the spec's columns, else the headline metrics, as mean ± sd (n).
   std::vector<std::string> shown, missing;
   for (const auto& c : s.columns) {
-    const std::vector<double>* col = t.numeric(c);
-    const auto it = col ? std::find_if(t.metrics.begin(), t.metrics.end(), [&](const auto& kv) { return &kv.second == col; })
-                        : t.metrics.end();
-    if (it != t.metrics.end() && std::count(s.metrics.begin(), s.metrics.end(), it->first)) shown.push_back(it->first);
+    const std::string* name = t.metric_name(c);
+    if (name && std::count(s.metrics.begin(), s.metrics.end(), *name)) shown.push_back(*name);
     else missing.push_back(c);
   }
   if (s.columns.empty())

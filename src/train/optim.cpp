@@ -172,6 +172,13 @@ void adamw_update(T* p, const T* g, T* m, T* v, std::int64_t n, double lr, doubl
   });
 }
 
+// Whether the fused loops below (AdamW's update, the clipping's sum of squares) can run over `t`'s elements: a
+// dense, contiguous float32 or float64 CPU tensor.
+bool flat_cpu_floating(const torch::Tensor& t) {
+  return t.device().is_cpu() && !t.is_sparse() && t.is_contiguous() &&
+         (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64);
+}
+
 // The state map's key for a parameter: LibTorch 1.13 keys by the text of the TensorImpl address
 // (c10::guts::to_string), 2.x by the address itself.
 template <class Key>
@@ -208,9 +215,7 @@ class FusedAdamW : public torch::optim::AdamW {
       for (auto& p : group.params()) {
         if (!p.grad().defined()) continue;
         const torch::Tensor& g = p.grad();
-        if (o.amsgrad() || !p.device().is_cpu() || g.is_sparse() || !p.is_contiguous() || !g.is_contiguous() ||
-            g.scalar_type() != p.scalar_type() ||
-            (p.scalar_type() != torch::kFloat32 && p.scalar_type() != torch::kFloat64)) {
+        if (o.amsgrad() || !flat_cpu_floating(p) || !flat_cpu_floating(g) || g.scalar_type() != p.scalar_type()) {
           rest = true;
           continue;
         }
@@ -345,10 +350,9 @@ double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm)
   double squares = 0.0;
   std::vector<torch::Tensor> norms;  // the rest, on their device
   for (const auto& g : grads) {
-    if (g.device().is_cpu() && !g.is_sparse() && g.is_contiguous() && g.scalar_type() == torch::kFloat32)
-      squares += sum_of_squares(g.data_ptr<float>(), g.numel());
-    else if (g.device().is_cpu() && !g.is_sparse() && g.is_contiguous() && g.scalar_type() == torch::kFloat64)
-      squares += sum_of_squares(g.data_ptr<double>(), g.numel());
+    if (flat_cpu_floating(g))
+      squares += g.scalar_type() == torch::kFloat32 ? sum_of_squares(g.data_ptr<float>(), g.numel())
+                                                    : sum_of_squares(g.data_ptr<double>(), g.numel());
     else
       norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kDouble).to(device));
   }

@@ -152,8 +152,7 @@ nlohmann::json fit_model_to_data(const nlohmann::json& model, const Dataset& dat
     }
     m[key] = value;
   };
-  const auto t = m.find("type");
-  const std::string type = t != m.end() && t->is_string() ? t->get<std::string>() : std::string();
+  const std::string type = json_fields::string_or_empty(m, "type");
   if (type == "lm") {
     if (!data.is_text) throw InputError("model config: an lm needs a text data set, not " + data.spec.name);
     set("vocab_size", data.num_classes);

@@ -45,6 +45,9 @@ struct SweepTable {
   /// A numeric column by name: a metric, a numeric axis by its key, or by the key's last component when that is
   /// unique ("weight_orth"). nullptr when there is none.
   const std::vector<double>* numeric(const std::string& name) const;
+  /// The full name of a metric given by name or unique last dotted component ("surface_train_curvature" ->
+  /// "landscape_1d.surface_train_curvature"); nullptr when there is none.
+  const std::string* metric_name(const std::string& name) const;
   /// A categorical axis by key or unique last component, nullptr when none.
   const std::vector<std::string>* text(const std::string& name) const;
 };

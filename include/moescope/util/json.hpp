@@ -57,6 +57,14 @@ void read(const nlohmann::json& j, const std::string& what, const std::string& k
   }
 }
 
+/// j[key] when `j` is an object holding a string there; "" otherwise (absent, another type, `j` no object). For
+/// dispatching on a field ("type") whose wrong value the caller then names.
+inline std::string string_or_empty(const nlohmann::json& j, const std::string& key) {
+  if (!j.is_object()) return "";
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 /// Rejects an object that is not one, a wrong "type" (when `type` is non-empty and the object has one), or keys
 /// outside `known` (typos would pass silently). "type" itself is always allowed.
 void check(const nlohmann::json& j, const std::string& what, const std::string& type,
