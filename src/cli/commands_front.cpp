@@ -1,7 +1,8 @@
 // moescope, the torch-free front end: the torch-free subcommands run here; train, activations, hessian and
 // landscape are handed to moescope-torch (beside this executable, or $MOESCOPE_TORCH_BIN) by execv with the same
-// arguments and OMP_WAIT_POLICY=PASSIVE unless set (util/runtime.hpp says why), so LibTorch is loaded only by the
-// commands that use it and each process starts once.
+// arguments and the environment set_torch_environment gives it (OMP_WAIT_POLICY=PASSIVE, and OPENBLAS_CORETYPE
+// where OpenBLAS does not know the CPU; util/runtime.hpp says why), so LibTorch is loaded only by the commands that
+// use it and each process starts once.
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +12,7 @@
 #include <stdexcept>
 
 #include "common.hpp"
+#include "moescope/util/runtime.hpp"
 
 namespace moescope::cli {
 namespace {
@@ -25,7 +27,7 @@ namespace {
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     bin = ((ec ? fs::path(ctx.argv[0]).parent_path() : exe.parent_path()) / "moescope-torch").string();
   }
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  set_torch_environment(/*load_blas=*/true);
   ::execv(bin.c_str(), ctx.argv);
   throw std::runtime_error("cannot run " + bin + " (" + std::strerror(errno) +
                            "): moescope-torch belongs beside moescope, or set MOESCOPE_TORCH_BIN");

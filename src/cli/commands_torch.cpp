@@ -1,5 +1,6 @@
 // moescope-torch: every subcommand, the torch ones run here.
 #include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
 
 #include "moescope/util/runtime.hpp"
 #include "torch_common.hpp"
@@ -7,9 +8,10 @@
 namespace moescope::cli {
 
 int start_torch_work(const Context& ctx) {
-  reexec_with_passive_openmp(ctx.argv);
+  reexec_with_torch_environment(ctx.argv);
   const int n = thread_count(ctx);
   at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
+  spdlog::debug("BLAS: {}", openblas_description());
   return n;
 }
 

@@ -15,7 +15,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MOESCOPE_NO_MULTIVERSION)
 #define MOESCOPE_GRAM_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #define MOESCOPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define MOESCOPE_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
@@ -433,42 +432,7 @@ void block_avx512(const Work& w, std::int64_t n8) {
 }
 #endif  // MOESCOPE_GRAM_X86
 
-bool cpu_has(GramIsa isa) {
-#if MOESCOPE_GRAM_X86
-  __builtin_cpu_init();
-#if defined(__clang__) && __clang_major__ < 16  // clang before 16 has no "f16c" for __builtin_cpu_supports
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-#else
-  const bool f16c = __builtin_cpu_supports("f16c");
-#endif
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  if (isa == GramIsa::Avx2) return avx2;
-  if (isa == GramIsa::Avx512) return avx2 && __builtin_cpu_supports("avx512f");
-#endif
-  return isa == GramIsa::Auto || isa == GramIsa::Portable;
-}
-
 }  // namespace
-
-bool gram_isa_available(GramIsa isa) { return cpu_has(isa); }
-
-GramIsa gram_isa_auto() {
-  static const GramIsa best = cpu_has(GramIsa::Avx512) ? GramIsa::Avx512
-                              : cpu_has(GramIsa::Avx2) ? GramIsa::Avx2
-                                                       : GramIsa::Portable;
-  return best;
-}
-
-std::string_view gram_isa_name(GramIsa isa) {
-  switch (isa) {
-    case GramIsa::Auto: return "auto";
-    case GramIsa::Portable: return "portable";
-    case GramIsa::Avx2: return "avx2";
-    case GramIsa::Avx512: return "avx512";
-  }
-  return "?";
-}
 
 bool gram_kernel_reads(DType t) {
   return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F8_E4M3 ||

@@ -75,11 +75,92 @@ torch::Tensor FFNImpl::forward(const torch::Tensor& x) {
   return fc2(h);
 }
 
+namespace {
+
+// The experts' parameters in the order BatchedExperts stacks them, one list per stacked tensor: the input weights
+// (MLP fc1; SwiGLU gate and up of each expert side by side: g0, u0, g1, u1, ...), the output weights (fc2,
+// w_down), and with biases the input biases and output biases likewise.
+std::vector<std::vector<torch::Tensor>> stack_groups(const std::vector<FFNImpl*>& experts, const FFNOptions& o) {
+  std::vector<std::vector<torch::Tensor>> g(o.bias() ? 4 : 2);
+  for (auto* f : experts) {
+    if (o.kind() == FFNKind::MLP) {
+      g[0].push_back(f->fc1->weight);
+      g[1].push_back(f->fc2->weight);
+      if (o.bias()) {
+        g[2].push_back(f->fc1->bias);
+        g[3].push_back(f->fc2->bias);
+      }
+    } else {
+      g[0].insert(g[0].end(), {f->w_gate->weight, f->w_up->weight});
+      g[1].push_back(f->w_down->weight);
+      if (o.bias()) {
+        g[2].insert(g[2].end(), {f->w_gate->bias, f->w_up->bias});
+        g[3].push_back(f->w_down->bias);
+      }
+    }
+  }
+  return g;
+}
+
+// Whether ts are equally shaped contiguous tensors lying one after another in one storage, in order.
+bool consecutive(const std::vector<torch::Tensor>& ts) {
+  const torch::Tensor& t0 = ts.front();
+  if (!t0.is_contiguous()) return false;
+  for (std::size_t i = 1; i < ts.size(); ++i) {
+    const torch::Tensor& t = ts[i];
+    if (!t.is_contiguous() || t.sizes() != t0.sizes() || t.scalar_type() != t0.scalar_type() ||
+        t.device() != t0.device() || !t.storage().is_alias_of(t0.storage()) ||
+        t.storage_offset() != t0.storage_offset() + static_cast<std::int64_t>(i) * t0.numel())
+      return false;
+  }
+  return true;
+}
+
+// torch::stack of consecutive tensors without the copy: the stacked tensor is their storage, and the backward
+// pass hands each its slice of the gradient (which autograd then keeps as that parameter's gradient, uncopied).
+struct AliasedStack : torch::autograd::Function<AliasedStack> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, torch::TensorList ts) {
+    const torch::Tensor& t0 = ts[0];
+    std::vector<std::int64_t> sizes{static_cast<std::int64_t>(ts.size())}, strides{t0.numel()};
+    for (std::int64_t d = 0; d < t0.dim(); ++d) {
+      sizes.push_back(t0.size(d));
+      strides.push_back(t0.stride(d));
+    }
+    return torch::empty({0}, t0.options()).set_(t0.storage(), t0.storage_offset(), sizes, strides);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return grads[0].unbind(0);
+  }
+};
+
+torch::Tensor stack_parameters(const std::vector<torch::Tensor>& ts) {
+  return consecutive(ts) ? AliasedStack::apply(torch::TensorList(ts)) : torch::stack(ts);
+}
+
+}  // namespace
+
 torch::nn::ModuleList make_experts(const FFNOptions& options, std::int64_t n) {
   TORCH_CHECK(n > 0, "make_experts: need at least one expert, got ", n);
   torch::nn::ModuleList list;
   for (std::int64_t e = 0; e < n; ++e) list->push_back(FFN(options));
+  pack_expert_parameters(list);
   return list;
+}
+
+void pack_expert_parameters(const torch::nn::ModuleList& experts) {
+  const BatchedExperts bank(experts);  // checks the list
+  std::vector<FFNImpl*> ffns;
+  for (std::size_t e = 0; e < experts->size(); ++e) ffns.push_back(experts->ptr(e)->as<FFNImpl>());
+  torch::NoGradGuard no_grad;
+  for (const auto& group : stack_groups(ffns, bank.options())) {
+    if (consecutive(group)) continue;
+    const torch::Tensor stacked = torch::stack(group);
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      torch::Tensor p = group[i];
+      p.set_data(stacked[static_cast<std::int64_t>(i)]);
+    }
+  }
 }
 
 // -------------------------------------------------------------------------------------------- BatchedExperts
@@ -107,31 +188,13 @@ BatchedExperts::BatchedExperts(const torch::nn::ModuleList& experts) : options_(
 
 void BatchedExperts::stack() const {
   if (w_in_.defined()) return;
-  std::vector<torch::Tensor> w_in, b_in, w_out, b_out;
-  for (auto* f : experts_) {
-    if (options_.kind() == FFNKind::MLP) {
-      w_in.push_back(f->fc1->weight);
-      w_out.push_back(f->fc2->weight);
-      if (options_.bias()) {
-        b_in.push_back(f->fc1->bias);
-        b_out.push_back(f->fc2->bias);
-      }
-    } else {
-      // Gate and up of one expert side by side: stacked [2E, H, D] is [E, 2H, D] with gate rows first.
-      w_in.insert(w_in.end(), {f->w_gate->weight, f->w_up->weight});
-      w_out.push_back(f->w_down->weight);
-      if (options_.bias()) {
-        b_in.insert(b_in.end(), {f->w_gate->bias, f->w_up->bias});
-        b_out.push_back(f->w_down->bias);
-      }
-    }
-  }
+  const auto groups = stack_groups(experts_, options_);
   const std::int64_t E = size();
-  w_in_ = torch::stack(w_in).view({E, -1, options_.dim()});
-  w_out_ = torch::stack(w_out);
+  w_in_ = stack_parameters(groups[0]).view({E, -1, options_.dim()});
+  w_out_ = stack_parameters(groups[1]);
   if (options_.bias()) {
-    b_in_ = torch::stack(b_in).view({E, -1});
-    b_out_ = torch::stack(b_out);
+    b_in_ = stack_parameters(groups[2]).view({E, -1});
+    b_out_ = stack_parameters(groups[3]);
   }
 }
 

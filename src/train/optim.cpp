@@ -17,6 +17,7 @@
 
 #include "moescope/util/json.hpp"
 #include "moescope/model/expert.hpp"
+#include "moescope/train/fused_kernels.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/files.hpp"
 
@@ -147,29 +148,27 @@ void validate(const OptimConfig& c) {
 
 namespace {
 
-// torch's AdamW update of one parameter in one pass over its elements. torch evaluates
-//   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
-// as eleven tensor operations, two of them allocating temporaries of the parameter's size; on the vision study's
-// gated head (674k parameters) that was 29% of a training step. Here it is one loop in the parameter's dtype, with
-// the scalars rounded to it as torch rounds them. Elementwise, so the same bits at any thread count; it may differ
-// from torch's kernels in the last bit where a compiler contracts a multiply-add.
+// A slice of one tensor's elements for the fused loops: parallel regions run over slices of all parameters at
+// once (one wake-up of the worker threads per step, not one per parameter).
+struct Slice {
+  std::size_t item;  // which tensor
+  std::int64_t begin, end;
+};
+
 template <class T>
-void adamw_update(T* p, const T* g, T* m, T* v, std::int64_t n, double lr, double wd, double b1, double b2, double eps,
-                  double bc1, double bc2) {
-  const T decay = static_cast<T>(1.0 - lr * wd), tb1 = static_cast<T>(b1), ob1 = static_cast<T>(1.0 - b1),
-          tb2 = static_cast<T>(b2), ob2 = static_cast<T>(1.0 - b2), sqrt_bc2 = static_cast<T>(std::sqrt(bc2)),
-          teps = static_cast<T>(eps), step = static_cast<T>(-(lr / bc1));
-  at::parallel_for(0, n, 32768, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t i = begin; i < end; ++i) {
-      const T gi = g[i];
-      const T mi = m[i] * tb1 + gi * ob1;
-      const T vi = v[i] * tb2 + gi * gi * ob2;
-      const T denom = std::sqrt(vi) / sqrt_bc2 + teps;
-      p[i] = p[i] * decay + step * (mi / denom);
-      m[i] = mi;
-      v[i] = vi;
-    }
-  });
+void scale_elements(T* x, std::int64_t n, double coef) {
+  const T c = static_cast<T>(coef);
+  for (std::int64_t i = 0; i < n; ++i) x[i] *= c;
+}
+
+template <class Size>
+std::vector<Slice> slices(std::size_t items, Size&& size_of, std::int64_t length) {
+  std::vector<Slice> out;
+  for (std::size_t k = 0; k < items; ++k) {
+    const std::int64_t n = size_of(k);
+    for (std::int64_t b = 0; b < n; b += length) out.push_back({k, b, std::min(n, b + length)});
+  }
+  return out;
 }
 
 // Whether the fused loops below (AdamW's update, the clipping's sum of squares) can run over `t`'s elements: a
@@ -209,7 +208,12 @@ class FusedAdamW : public torch::optim::AdamW {
     }
     using Key = typename std::decay_t<decltype(state_)>::key_type;
     std::vector<std::pair<torch::Tensor, torch::Tensor>> fused;  // (parameter, gradient) updated here
-    bool rest = false;                                           // parameters left to torch's step
+    struct Update {
+      torch::Tensor p, g, m, v;
+      AdamWScalars scalars;
+    };
+    std::vector<Update> updates;
+    bool rest = false;  // parameters left to torch's step
     for (auto& group : param_groups_) {
       const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
       for (auto& p : group.params()) {
@@ -230,20 +234,36 @@ class FusedAdamW : public torch::optim::AdamW {
         if (!s.exp_avg().is_contiguous()) s.exp_avg(s.exp_avg().contiguous());  // e.g. a loaded state
         if (!s.exp_avg_sq().is_contiguous()) s.exp_avg_sq(s.exp_avg_sq().contiguous());
         s.step(s.step() + 1);
-        const double b1 = std::get<0>(o.betas()), b2 = std::get<1>(o.betas());
-        const double bc1 = 1.0 - std::pow(b1, static_cast<double>(s.step()));
-        const double bc2 = 1.0 - std::pow(b2, static_cast<double>(s.step()));
-        if (p.scalar_type() == torch::kFloat32)
-          adamw_update(p.data_ptr<float>(), g.data_ptr<float>(), s.exp_avg().data_ptr<float>(),
-                       s.exp_avg_sq().data_ptr<float>(), p.numel(), o.lr(), o.weight_decay(), b1, b2, o.eps(), bc1, bc2);
-        else
-          adamw_update(p.data_ptr<double>(), g.data_ptr<double>(), s.exp_avg().data_ptr<double>(),
-                       s.exp_avg_sq().data_ptr<double>(), p.numel(), o.lr(), o.weight_decay(), b1, b2, o.eps(), bc1,
-                       bc2);
-        p.unsafeGetTensorImpl()->bump_version();  // as torch's in-place ops do: a graph that saved p sees the change
+        AdamWScalars a;
+        a.lr = o.lr();
+        a.weight_decay = o.weight_decay();
+        a.beta1 = std::get<0>(o.betas());
+        a.beta2 = std::get<1>(o.betas());
+        a.eps = o.eps();
+        a.bias_correction1 = 1.0 - std::pow(a.beta1, static_cast<double>(s.step()));
+        a.bias_correction2 = 1.0 - std::pow(a.beta2, static_cast<double>(s.step()));
+        updates.push_back({p, g, s.exp_avg(), s.exp_avg_sq(), a});
         fused.emplace_back(p, g);
       }
     }
+    // All parameters in one parallel region, in slices of 16k elements (elementwise: the same bits however the
+    // slices fall on threads).
+    const std::vector<Slice> work =
+        slices(updates.size(), [&](std::size_t k) { return updates[k].p.numel(); }, std::int64_t{1} << 14);
+    at::parallel_for(0, static_cast<std::int64_t>(work.size()), 1, [&](std::int64_t w0, std::int64_t w1) {
+      for (std::int64_t w = w0; w < w1; ++w) {
+        const Slice& sl = work[static_cast<std::size_t>(w)];
+        Update& u = updates[sl.item];
+        const std::int64_t b = sl.begin, n = sl.end - sl.begin;
+        if (u.p.scalar_type() == torch::kFloat32)
+          adamw_update(u.p.data_ptr<float>() + b, u.g.data_ptr<float>() + b, u.m.data_ptr<float>() + b,
+                       u.v.data_ptr<float>() + b, n, u.scalars);
+        else
+          adamw_update(u.p.data_ptr<double>() + b, u.g.data_ptr<double>() + b, u.m.data_ptr<double>() + b,
+                       u.v.data_ptr<double>() + b, n, u.scalars);
+      }
+    });
+    for (Update& u : updates) u.p.unsafeGetTensorImpl()->bump_version();  // as torch's in-place ops do
     fused_updates_ += static_cast<std::int64_t>(fused.size());
     if (rest) {  // torch's step for the others, with the gradients of those done here hidden from it
       for (auto& [p, g] : fused) p.mutable_grad() = torch::Tensor();
@@ -311,34 +331,14 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
-namespace {
-
-// Sum of squares of a contiguous CPU float32/float64 tensor, accumulated in float64: fixed blocks of 2^16 elements
-// (four running sums each), added in block order, so the same bits at any thread count. One pass over the data;
-// torch's float64 norm of a float32 tensor converts it first and took 10x as long (1.4 ms of a 15 ms step on the
-// vision study's gated head).
-template <class T>
-double sum_of_squares(const T* x, std::int64_t n) {
-  constexpr std::int64_t kBlock = 1 << 16;
-  const std::int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> partial(static_cast<std::size_t>(blocks), 0.0);
-  at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
-      double s[4] = {0.0, 0.0, 0.0, 0.0};
-      std::int64_t i = begin;
-      for (; i + 4 <= end; i += 4)
-        for (int k = 0; k < 4; ++k) s[k] += static_cast<double>(x[i + k]) * static_cast<double>(x[i + k]);
-      for (; i < end; ++i) s[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-      partial[static_cast<std::size_t>(b)] = (s[0] + s[1]) + (s[2] + s[3]);
-    }
-  });
-  double total = 0.0;
-  for (double v : partial) total += v;
-  return total;
+void compute_gradients(const torch::Tensor& loss, const std::vector<torch::Tensor>& params) {
+  for (const auto& p : params)
+    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+  loss.backward();
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params)
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p, torch::MemoryFormat::Preserve);
 }
-
-}  // namespace
 
 double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm) {
   std::vector<torch::Tensor> grads;
@@ -347,21 +347,46 @@ double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm)
   }
   if (grads.empty()) return 0.0;
   const auto device = grads.front().device();
-  double squares = 0.0;
-  std::vector<torch::Tensor> norms;  // the rest, on their device
+  std::vector<torch::Tensor> flat, norms;  // norms: the rest, on their device
   for (const auto& g : grads) {
-    if (flat_cpu_floating(g))
-      squares += g.scalar_type() == torch::kFloat32 ? sum_of_squares(g.data_ptr<float>(), g.numel())
-                                                    : sum_of_squares(g.data_ptr<double>(), g.numel());
-    else
-      norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kDouble).to(device));
+    if (flat_cpu_floating(g)) flat.push_back(g);
+    else norms.push_back(torch::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kDouble).to(device));
   }
+  // Float64 sums of squares of fixed slices of 2^16 elements (fused_kernels: eight lanes each), added in slice
+  // order: one pass over the float32 gradients (torch's float64 norm converts them first: 1.4 ms of a 15 ms step
+  // on the vision study's gated head), the same bits at any thread count, one parallel region for all.
+  const std::vector<Slice> work = slices(flat.size(), [&](std::size_t k) { return flat[k].numel(); }, 1 << 16);
+  std::vector<double> partial(work.size(), 0.0);
+  at::parallel_for(0, static_cast<std::int64_t>(work.size()), 1, [&](std::int64_t w0, std::int64_t w1) {
+    for (std::int64_t w = w0; w < w1; ++w) {
+      const Slice& sl = work[static_cast<std::size_t>(w)];
+      const torch::Tensor& g = flat[sl.item];
+      partial[static_cast<std::size_t>(w)] =
+          g.scalar_type() == torch::kFloat32 ? sum_of_squares(g.data_ptr<float>() + sl.begin, sl.end - sl.begin)
+                                             : sum_of_squares(g.data_ptr<double>() + sl.begin, sl.end - sl.begin);
+    }
+  });
+  double squares = 0.0;
+  for (const double v : partial) squares += v;
   if (!norms.empty()) squares += torch::stack(norms).pow(2).sum().item<double>();
   const double total = std::sqrt(squares);
   if (max_norm > 0.0 && std::isfinite(total) && total > max_norm) {
     const double coef = max_norm / (total + 1e-6);
+    // The flat gradients scaled in one parallel region (g *= coef in g's dtype, as torch's mul_ by a double
+    // rounds it; 34 mul_ calls were 0.3 ms of a 5 ms step on the vision study's gated head), the rest by torch.
+    at::parallel_for(0, static_cast<std::int64_t>(work.size()), 1, [&](std::int64_t w0, std::int64_t w1) {
+      for (std::int64_t w = w0; w < w1; ++w) {
+        const Slice& sl = work[static_cast<std::size_t>(w)];
+        const torch::Tensor& g = flat[sl.item];
+        if (g.scalar_type() == torch::kFloat32) scale_elements(g.data_ptr<float>() + sl.begin, sl.end - sl.begin, coef);
+        else scale_elements(g.data_ptr<double>() + sl.begin, sl.end - sl.begin, coef);
+      }
+    });
     torch::NoGradGuard no_grad;
-    for (auto& g : grads) g.mul_(coef);
+    for (auto& g : grads) {
+      if (flat_cpu_floating(g)) g.unsafeGetTensorImpl()->bump_version();
+      else g.mul_(coef);
+    }
   }
   return total;
 }

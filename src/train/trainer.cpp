@@ -514,8 +514,7 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     times.regularisers += seconds_since(t0);
 
     t0 = Clock::now();
-    optimizer->zero_grad();
-    total.backward();
+    compute_gradients(total, params);
     times.backward += seconds_since(t0);
 
     t0 = Clock::now();

@@ -7,8 +7,11 @@
 #include <malloc.h>
 #endif
 #if defined(__linux__)
+#include <dlfcn.h>
 #include <unistd.h>
 #endif
+
+#include "moescope/util/cpu.hpp"
 
 namespace moescope {
 
@@ -23,11 +26,66 @@ std::string keep_freed_memory() {
 #endif
 }
 
-void reexec_with_passive_openmp(char** argv) {
+namespace {
+
+// OpenBLAS's openblas_get_corename / openblas_get_config, from the process (RTLD_DEFAULT) or, with `load`, from
+// the library LibTorch links (loaded and kept: the front end execs right after).
+using OpenBlasText = char* (*)();
+OpenBlasText openblas_function(const char* name, bool load) {
 #if defined(__linux__)
-  if (argv == nullptr || argv[0] == nullptr || std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-  execv("/proc/self/exe", argv);  // returns only on failure: go on as we are (children inherit the variable)
+  if (void* f = dlsym(RTLD_DEFAULT, name)) return reinterpret_cast<OpenBlasText>(f);
+  if (!load) return nullptr;
+  for (const char* lib : {"libopenblas.so.0", "libblas.so.3"}) {
+    if (void* h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL)) {
+      if (void* f = dlsym(h, name)) return reinterpret_cast<OpenBlasText>(f);
+    }
+  }
+#else
+  (void)name;
+  (void)load;
+#endif
+  return nullptr;
+}
+
+}  // namespace
+
+std::string openblas_core(bool load) {
+  const OpenBlasText f = openblas_function("openblas_get_corename", load);
+  const char* name = f ? f() : nullptr;
+  return name ? name : "";
+}
+
+std::string openblas_core_for(const std::string& detected, bool avx2_fma, bool avx512_skx) {
+  if (detected.empty()) return "";
+  for (const char* modern : {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"})
+    if (detected == modern) return "";
+  if (avx512_skx) return "SkylakeX";
+  if (avx2_fma) return "Haswell";
+  return "";
+}
+
+std::string openblas_description() {
+  const std::string core = openblas_core(false);
+  if (core.empty()) return "no OpenBLAS";
+  const OpenBlasText config = openblas_function("openblas_get_config", false);
+  const char* text = config ? config() : nullptr;
+  return core + (text ? std::string(" (") + text + ")" : std::string());
+}
+
+bool set_torch_environment(bool load_blas) {
+  bool changed = false;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) changed = true;
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = openblas_core_for(openblas_core(load_blas), cpu_has_avx2_fma(), cpu_has_avx512_skylake());
+    if (!core.empty() && setenv("OPENBLAS_CORETYPE", core.c_str(), 1) == 0) changed = true;
+  }
+  return changed;
+}
+
+void reexec_with_torch_environment(char** argv) {
+#if defined(__linux__)
+  if (argv == nullptr || argv[0] == nullptr || !set_torch_environment(false)) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: go on as we are (children inherit the variables)
 #else
   (void)argv;
 #endif

@@ -137,9 +137,12 @@ std::vector<FFNOptions> expert_configs() {
           FFNOptions(6, 5).out_dim(3).kind(FFNKind::SwiGLU).bias(false)};
 }
 
+// Float64 experts, packed again after to() (so the tests below run the uncopied stacking; PackedParameters*
+// compares it with the copying one).
 torch::nn::ModuleList double_experts(const FFNOptions& o, std::int64_t n) {
   auto experts = make_experts(o, n);
   experts->to(torch::kDouble);
+  pack_expert_parameters(experts);
   return experts;
 }
 
@@ -257,6 +260,50 @@ TEST_F(BatchedExpertsTest, GroupedPaddedAndLoopedEqualEachExpert) {
             (std::vector<std::int64_t>{0, 6}));
   EXPECT_THROW(BatchedExperts(experts).grouped(torch::randn({3, 6}), torch::zeros({2}, torch::kLong), {1, 2}),
                c10::Error);
+}
+
+// The experts' parameters of make_experts lie in one storage per stacked group; BatchedExperts then stacks them
+// without copying, and their gradients arrive in one storage. Values, gradients and HVPs are the same bits as
+// with parameters of their own storage (a clone, stacked by torch::stack): the same products of the same numbers.
+TEST_F(BatchedExpertsTest, PackedParametersStackWithoutCopies) {
+  for (const auto& o : expert_configs()) {
+    SCOPED_TRACE(std::string(ffn_kind_name(o.kind())) + (o.bias() ? " with bias" : " without bias"));
+    const auto packed = double_experts(o, 3);
+    const torch::nn::ModuleList copied(std::dynamic_pointer_cast<torch::nn::ModuleListImpl>(packed->clone()));
+    ASSERT_TRUE(copied.ptr());
+    const auto w_in = [&](const torch::nn::ModuleList& m, std::size_t e) {
+      auto* f = m->ptr(e)->as<FFNImpl>();
+      return o.kind() == FFNKind::MLP ? f->fc1->weight : f->w_gate->weight;
+    };
+    const std::int64_t per = w_in(packed, 0).numel();
+    const std::int64_t stride = o.kind() == FFNKind::MLP ? per : 2 * per;  // SwiGLU: gate, up, next gate
+    for (std::size_t e = 1; e < 3; ++e) {
+      EXPECT_EQ(w_in(packed, e).data_ptr<double>(), w_in(packed, 0).data_ptr<double>() + e * stride);
+      EXPECT_FALSE(w_in(copied, e).storage().is_alias_of(w_in(copied, 0).storage()));
+    }
+    const auto x = torch::randn({7, 6}, torch::kDouble);
+    const auto w = torch::softmax(torch::randn({7, 3}, torch::kDouble), -1);
+    const auto target = torch::randn({7, o.output_dim()}, torch::kDouble);
+    const auto run = [&](const torch::nn::ModuleList& m) {
+      const auto params = m->parameters();
+      const auto y = BatchedExperts(m).mix(x, w);
+      const auto loss = (y - target).pow(2).sum() + y.pow(3).sum();
+      const auto g = torch::autograd::grad({loss}, params, {}, true, true);
+      torch::Tensor gv = torch::zeros({}, torch::kDouble);
+      for (const auto& gi : g) gv = gv + (gi * gi.detach().sin()).sum();
+      std::vector<torch::Tensor> out{y.detach()};
+      for (const auto& gi : g) out.push_back(gi.detach());
+      for (const auto& h : torch::autograd::grad({gv}, params)) out.push_back(h);
+      return out;
+    };
+    const auto a = run(packed), b = run(copied);
+    ASSERT_EQ(a.size(), b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "output/grad/HVP #" << i;
+    // backward(): the packed experts' input-weight gradients share one storage (nothing was copied into them)
+    BatchedExperts(packed).mix(x, w).pow(2).sum().backward();
+    for (std::size_t e = 1; e < 3; ++e)
+      EXPECT_TRUE(w_in(packed, e).grad().storage().is_alias_of(w_in(packed, 0).grad().storage()));
+  }
 }
 
 TEST_F(BatchedExpertsTest, HessianVectorProductsEqualEachExpert) {

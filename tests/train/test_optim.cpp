@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
 #include "support/seeded.hpp"
 #include "moescope/model/expert.hpp"
 #include "moescope/model/moe.hpp"
@@ -430,6 +432,59 @@ TEST_F(OptimTest, FusedAdamWEqualsTorchsAdamW) {
     EXPECT_EQ(fused_adamw_updates(*opt_resumed), 4 * 4);
     EXPECT_EQ(fused_adamw_updates(opt_theirs), 0);
   }
+}
+
+// Large parameters go through the fused step in slices on several threads: the same bits on one thread and on
+// two, and torch's AdamW within float32 rounding (2e-6 after 8 steps, as above).
+TEST_F(OptimTest, FusedAdamWSlicesAgreeAcrossThreads) {
+  const auto w0 = torch::randn({300003});
+  const auto run = [&](int threads, bool fused) {
+    auto w = w0.clone().requires_grad_(true);
+    OptimConfig c;
+    c.lr = 0.01;
+    c.weight_decay = 0.1;
+    auto opt = fused ? make_optimizer(c, {w})
+                     : std::make_unique<torch::optim::AdamW>(
+                           std::vector<torch::Tensor>{w},
+                           torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps).weight_decay(c.weight_decay));
+    const int before = torch::get_num_threads();
+    torch::set_num_threads(threads);
+    for (int s = 0; s < 8; ++s) {
+      compute_gradients((w * w.detach().cos()).sum() + w.pow(2).sum() * 1e-3 * s, {w});
+      opt->step();
+    }
+    torch::set_num_threads(before);
+    return w.detach();
+  };
+  const auto one = run(1, true), two = run(2, true);
+  EXPECT_TRUE(torch::equal(one, two));
+  EXPECT_LE((one - run(2, false)).abs().max().item<double>(), 2e-6);
+}
+
+// at::parallel_for is an inline OpenMP region in LibTorch's headers: moescope's own loops run on several threads
+// only when the library is compiled with OpenMP (CMakeLists.txt).
+TEST_F(OptimTest, LibraryLoopsRunOnSeveralThreads) {
+  const int before = torch::get_num_threads();
+  torch::set_num_threads(2);
+  if (torch::get_num_threads() < 2) GTEST_SKIP() << "one intra-op thread only";
+  std::vector<int> seen(64, -1);
+  at::parallel_for(0, 64, 1, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) seen[static_cast<std::size_t>(i)] = at::get_thread_num();
+  });
+  torch::set_num_threads(before);
+  EXPECT_NE(seen.front(), seen.back()) << "at::parallel_for ran on one thread";
+}
+
+// compute_gradients: fresh gradients (nothing added to old ones), and zeros for a parameter the loss misses.
+TEST_F(OptimTest, ComputeGradientsFreshAndZeroForUnreached) {
+  auto a = torch::tensor({1.0, 2.0}, kF64).requires_grad_(true);
+  auto b = torch::tensor({3.0}, kF64).requires_grad_(true);
+  a.mutable_grad() = torch::full({2}, 100.0, kF64);
+  b.mutable_grad() = torch::full({1}, 100.0, kF64);
+  compute_gradients((a * a).sum(), {a, b});
+  EXPECT_TRUE(torch::equal(a.grad(), torch::tensor({2.0, 4.0}, kF64)));
+  ASSERT_TRUE(b.grad().defined());
+  EXPECT_TRUE(torch::equal(b.grad(), torch::zeros({1}, kF64)));
 }
 
 TEST_F(OptimTest, LoadOptimizerNamesTheFile) {

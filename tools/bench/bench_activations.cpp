@@ -77,7 +77,7 @@ void bench(const char* name, const nlohmann::json& config, const moescope::Tenso
 }  // namespace
 
 int main(int argc, char** argv) {
-  moescope::reexec_with_passive_openmp(argv);
+  moescope::reexec_with_torch_environment(argv);
   std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", moescope::keep_freed_memory().c_str());
   std::int64_t samples = 1024, batch = 256;

@@ -7,8 +7,8 @@
 //    softmax, the expert loop), no module code and no fused kernels, on the same mapped weights: the ratio says
 //    what moescope's module structure costs or saves;
 //  - PyTorch eager (Debian's python3-torch, when present): tools/hf_eager_reference.py --time, transformers'
-//    eager computation in plain PyTorch, with OMP_WAIT_POLICY=PASSIVE as moescope runs: the number a PyTorch
-//    user compares with.
+//    eager computation in plain PyTorch, in the environment moescope runs in (OMP_WAIT_POLICY=PASSIVE, OpenBLAS
+//    kernels: util/runtime.hpp): the number a PyTorch user compares with.
 // Prints tokens/s (best of --repeat passes after one warm-up), the ratios, the largest logit difference between
 // moescope and the plain forward, and each process's peak RSS against the weights' bytes.
 //
@@ -41,6 +41,7 @@
 
 #include "moescope/io/synthetic_model.hpp"
 #include "moescope/model/hf.hpp"
+#include "moescope/util/runtime.hpp"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -196,6 +197,9 @@ std::uint64_t folder_bytes(const std::string& dir) {
 
 int main(int argc, char** argv) {
   using namespace moescope;
+  // The torch environment (util/runtime.hpp) for this process and, inherited, for every variant it starts: the
+  // eager reference gets the same OpenMP policy and OpenBLAS kernels as moescope.
+  reexec_with_torch_environment(argv);
   std::string dir, dtypes = "f32,bf16";
   std::int64_t hidden = 1024, layers = 8, experts = 8, intermediate = 2816, vocab = 32000, heads = 16, kv_heads = 4,
                batch = 1, seq = 128;

@@ -207,7 +207,7 @@ void paths_section(const TaskModel& model, const std::vector<torch::Tensor>& par
 }  // namespace
 
 int main(int argc, char** argv) {
-  reexec_with_passive_openmp(argv);
+  reexec_with_torch_environment(argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it is printed, also into a file
   std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", keep_freed_memory().c_str());

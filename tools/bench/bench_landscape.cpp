@@ -39,7 +39,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moescope::reexec_with_passive_openmp(argv);
+  moescope::reexec_with_torch_environment(argv);
   std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", moescope::keep_freed_memory().c_str());
   std::string data = fs::exists("/usr/share/datasets/fashion-mnist") ? "fashion-mnist" : "clustered";

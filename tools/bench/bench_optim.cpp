@@ -53,7 +53,7 @@ double median_seconds(int reps, F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  reexec_with_passive_openmp(argv);
+  reexec_with_torch_environment(argv);
   std::printf("OpenMP wait policy: %s\n", std::getenv("OMP_WAIT_POLICY"));
   std::printf("allocator: %s\n", keep_freed_memory().c_str());
   std::int64_t batch = 128, batches = 32;

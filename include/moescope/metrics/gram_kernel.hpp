@@ -30,19 +30,15 @@
 #include <Eigen/Core>
 
 #include "moescope/io/tensor.hpp"
+#include "moescope/util/cpu.hpp"
 
 namespace moescope {
 
-/// Code paths of GramKernel. Auto picks the widest the CPU runs: Avx512 (AVX-512F), Avx2 (AVX2 + FMA + F16C),
-/// else Portable (plain C++).
-enum class GramIsa { Auto, Portable, Avx2, Avx512 };
-
-/// True when this build and this CPU can run `isa` (Auto and Portable always).
-bool gram_isa_available(GramIsa isa);
-/// What Auto resolves to on this CPU.
-GramIsa gram_isa_auto();
-/// "auto", "portable", "avx2", "avx512".
-std::string_view gram_isa_name(GramIsa isa);
+/// Code paths of GramKernel (util/cpu.hpp): Auto picks the widest the CPU runs.
+using GramIsa = VectorIsa;
+inline bool gram_isa_available(GramIsa isa) { return vector_isa_available(isa); }
+inline GramIsa gram_isa_auto() { return vector_isa_auto(); }
+inline std::string_view gram_isa_name(GramIsa isa) { return vector_isa_name(isa); }
 
 /// True for the dtypes GramKernel decodes itself: F64, F32, F16, BF16, F8_E4M3, F8_E5M2 (F8 without block
 /// scales; scaled F8, integers and strided views go through read_view_f64 into F64 first).

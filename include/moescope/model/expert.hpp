@@ -62,11 +62,19 @@ using DenseFFNOptions = FFNOptions;
 /// n experts in a ModuleList (register it as "experts": names come out as experts.<e>.fc1.weight).
 torch::nn::ModuleList make_experts(const FFNOptions& options, std::int64_t n);
 
+/// Moves the experts' parameters, group by group as BatchedExperts stacks them (input weights, output weights,
+/// input biases, output biases), into one storage per group in stacking order, values and names unchanged; then
+/// BatchedExperts stacks them without copying and their gradients arrive in one storage too. make_experts does
+/// it; whatever later gives a parameter storage of its own (Module::to, clone, set_data) only makes the stacking
+/// copy again (torch::stack), until this is called again. Throws std::invalid_argument as BatchedExperts does.
+void pack_expert_parameters(const torch::nn::ModuleList& experts);
+
 /// The E experts of a ModuleList made by make_experts, run together as batched matrix products instead of E
 /// small ones. The parameters stay the experts' own (experts.<e>.fc1.weight, ...: checkpoints, parameter subsets
-/// and optimisers see no change); on first use this object stacks them along a new leading expert dimension with
-/// torch::stack, a differentiable copy, so gradients (and double backward) reach each expert's parameters. Make one
-/// per forward call: the stack is a snapshot of the weights. Every method equals running each expert's FFN::forward
+/// and optimisers see no change); on first use this object stacks them along a new leading expert dimension,
+/// differentiably, so gradients (and double backward) reach each expert's parameters: without a copy when they are
+/// packed (pack_expert_parameters: the stacked tensor is their storage, each gets its slice of the gradient), with
+/// torch::stack otherwise. Make one per forward call: a copied stack is a snapshot of the weights. Every method equals running each expert's FFN::forward
 /// on its rows, up to float rounding (the same products summed in another order); dropout draws one mask for all
 /// experts, so it matches in distribution, not draw for draw. Training mode is that of the first expert.
 class BatchedExperts {
