@@ -29,7 +29,7 @@ VectorIsa resolve(VectorIsa isa, const char* what) {
 // The step's scalars in the elements' dtype.
 template <class T>
 struct Coefficients {
-  T b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, decay, step;
+  T b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, decay, step, grad_scale;
   explicit Coefficients(const AdamWScalars& s)
       : b1(static_cast<T>(s.beta1)),
         one_minus_b1(static_cast<T>(1.0 - s.beta1)),
@@ -38,13 +38,15 @@ struct Coefficients {
         sqrt_bc2(static_cast<T>(std::sqrt(s.bias_correction2))),
         eps(static_cast<T>(s.eps)),
         decay(static_cast<T>(1.0 - s.lr * s.weight_decay)),
-        step(static_cast<T>(-(s.lr / s.bias_correction1))) {}
+        step(static_cast<T>(-(s.lr / s.bias_correction1))),
+        grad_scale(static_cast<T>(s.grad_scale)) {}
 };
 
 // One element. With kFma the three multiply-adds are fused (std::fma is one instruction in the AVX paths, which
 // are compiled for FMA); without, each product is rounded first (the portable path).
 template <bool kFma, class T>
-inline void adamw_element(T& p, T g, T& m, T& v, const Coefficients<T>& c) {
+inline void adamw_element(T& p, T g_in, T& m, T& v, const Coefficients<T>& c) {
+  const T g = g_in * c.grad_scale;
   const auto madd = [](T a, T b, T addend) {
     if constexpr (kFma) return std::fma(a, b, addend);
     else return a * b + addend;
@@ -84,10 +86,11 @@ MOESCOPE_TARGET_AVX2
 void adamw_avx2(float* p, const float* g, float* m, float* v, std::int64_t n, const Coefficients<float>& c) {
   const __m256 b1 = _mm256_set1_ps(c.b1), ob1 = _mm256_set1_ps(c.one_minus_b1), b2 = _mm256_set1_ps(c.b2),
                ob2 = _mm256_set1_ps(c.one_minus_b2), sbc2 = _mm256_set1_ps(c.sqrt_bc2), eps = _mm256_set1_ps(c.eps),
-               decay = _mm256_set1_ps(c.decay), step = _mm256_set1_ps(c.step);
+               decay = _mm256_set1_ps(c.decay), step = _mm256_set1_ps(c.step),
+               gscale = _mm256_set1_ps(c.grad_scale);
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 gi = _mm256_loadu_ps(g + i);
+    const __m256 gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), gscale);
     const __m256 mi = _mm256_fmadd_ps(gi, ob1, _mm256_mul_ps(_mm256_loadu_ps(m + i), b1));
     const __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(gi, gi), ob2, _mm256_mul_ps(_mm256_loadu_ps(v + i), b2));
     const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), sbc2), eps);
@@ -103,10 +106,11 @@ MOESCOPE_TARGET_AVX2
 void adamw_avx2(double* p, const double* g, double* m, double* v, std::int64_t n, const Coefficients<double>& c) {
   const __m256d b1 = _mm256_set1_pd(c.b1), ob1 = _mm256_set1_pd(c.one_minus_b1), b2 = _mm256_set1_pd(c.b2),
                 ob2 = _mm256_set1_pd(c.one_minus_b2), sbc2 = _mm256_set1_pd(c.sqrt_bc2), eps = _mm256_set1_pd(c.eps),
-                decay = _mm256_set1_pd(c.decay), step = _mm256_set1_pd(c.step);
+                decay = _mm256_set1_pd(c.decay), step = _mm256_set1_pd(c.step),
+                gscale = _mm256_set1_pd(c.grad_scale);
   std::int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    const __m256d gi = _mm256_loadu_pd(g + i);
+    const __m256d gi = _mm256_mul_pd(_mm256_loadu_pd(g + i), gscale);
     const __m256d mi = _mm256_fmadd_pd(gi, ob1, _mm256_mul_pd(_mm256_loadu_pd(m + i), b1));
     const __m256d vi = _mm256_fmadd_pd(_mm256_mul_pd(gi, gi), ob2, _mm256_mul_pd(_mm256_loadu_pd(v + i), b2));
     const __m256d denom = _mm256_add_pd(_mm256_div_pd(_mm256_sqrt_pd(vi), sbc2), eps);
@@ -160,10 +164,11 @@ MOESCOPE_TARGET_AVX512
 void adamw_avx512(float* p, const float* g, float* m, float* v, std::int64_t n, const Coefficients<float>& c) {
   const __m512 b1 = _mm512_set1_ps(c.b1), ob1 = _mm512_set1_ps(c.one_minus_b1), b2 = _mm512_set1_ps(c.b2),
                ob2 = _mm512_set1_ps(c.one_minus_b2), sbc2 = _mm512_set1_ps(c.sqrt_bc2), eps = _mm512_set1_ps(c.eps),
-               decay = _mm512_set1_ps(c.decay), step = _mm512_set1_ps(c.step);
+               decay = _mm512_set1_ps(c.decay), step = _mm512_set1_ps(c.step),
+               gscale = _mm512_set1_ps(c.grad_scale);
   std::int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 gi = _mm512_loadu_ps(g + i);
+    const __m512 gi = _mm512_mul_ps(_mm512_loadu_ps(g + i), gscale);
     const __m512 mi = _mm512_fmadd_ps(gi, ob1, _mm512_mul_ps(_mm512_loadu_ps(m + i), b1));
     const __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(gi, gi), ob2, _mm512_mul_ps(_mm512_loadu_ps(v + i), b2));
     const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), sbc2), eps);
@@ -179,10 +184,11 @@ MOESCOPE_TARGET_AVX512
 void adamw_avx512(double* p, const double* g, double* m, double* v, std::int64_t n, const Coefficients<double>& c) {
   const __m512d b1 = _mm512_set1_pd(c.b1), ob1 = _mm512_set1_pd(c.one_minus_b1), b2 = _mm512_set1_pd(c.b2),
                 ob2 = _mm512_set1_pd(c.one_minus_b2), sbc2 = _mm512_set1_pd(c.sqrt_bc2), eps = _mm512_set1_pd(c.eps),
-                decay = _mm512_set1_pd(c.decay), step = _mm512_set1_pd(c.step);
+                decay = _mm512_set1_pd(c.decay), step = _mm512_set1_pd(c.step),
+                gscale = _mm512_set1_pd(c.grad_scale);
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m512d gi = _mm512_loadu_pd(g + i);
+    const __m512d gi = _mm512_mul_pd(_mm512_loadu_pd(g + i), gscale);
     const __m512d mi = _mm512_fmadd_pd(gi, ob1, _mm512_mul_pd(_mm512_loadu_pd(m + i), b1));
     const __m512d vi = _mm512_fmadd_pd(_mm512_mul_pd(gi, gi), ob2, _mm512_mul_pd(_mm512_loadu_pd(v + i), b2));
     const __m512d denom = _mm512_add_pd(_mm512_div_pd(_mm512_sqrt_pd(vi), sbc2), eps);

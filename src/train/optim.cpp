@@ -242,6 +242,7 @@ class FusedAdamW : public torch::optim::AdamW {
         a.eps = o.eps();
         a.bias_correction1 = 1.0 - std::pow(a.beta1, static_cast<double>(s.step()));
         a.bias_correction2 = 1.0 - std::pow(a.beta2, static_cast<double>(s.step()));
+        a.grad_scale = grad_scale_;
         updates.push_back({p, g, s.exp_avg(), s.exp_avg_sq(), a});
         fused.emplace_back(p, g);
       }
@@ -264,6 +265,7 @@ class FusedAdamW : public torch::optim::AdamW {
       }
     });
     for (Update& u : updates) u.p.unsafeGetTensorImpl()->bump_version();  // as torch's in-place ops do
+    grad_scale_ = 1.0;
     fused_updates_ += static_cast<std::int64_t>(fused.size());
     if (rest) {  // torch's step for the others, with the gradients of those done here hidden from it
       for (auto& [p, g] : fused) p.mutable_grad() = torch::Tensor();
@@ -275,8 +277,33 @@ class FusedAdamW : public torch::optim::AdamW {
 
   std::int64_t fused_updates() const { return fused_updates_; }
 
+  // Whether the next step updates every parameter with a gradient in the fused pass, and those are exactly the
+  // ones of `params` with a gradient (so that their clipping coefficient can be applied there).
+  bool fuses_exactly(const std::vector<torch::Tensor>& params) const {
+    std::vector<const void*> mine, theirs;
+    for (const auto& group : param_groups_) {
+      const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+      for (const auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        if (o.amsgrad() || !flat_cpu_floating(p) || !flat_cpu_floating(p.grad()) ||
+            p.grad().scalar_type() != p.scalar_type())
+          return false;
+        mine.push_back(p.unsafeGetTensorImpl());
+      }
+    }
+    for (const auto& p : params)
+      if (p.defined() && p.grad().defined()) theirs.push_back(p.unsafeGetTensorImpl());
+    std::sort(mine.begin(), mine.end());
+    std::sort(theirs.begin(), theirs.end());
+    return mine == theirs;
+  }
+
+  // The next step reads each gradient times `scale` (then forgets it).
+  void defer_gradient_scale(double scale) { grad_scale_ = scale; }
+
  private:
   std::int64_t fused_updates_ = 0;
+  double grad_scale_ = 1.0;
 };
 
 }  // namespace
@@ -388,6 +415,15 @@ double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm)
       else g.mul_(coef);
     }
   }
+  return total;
+}
+
+double clip_gradients_into_step(torch::optim::Optimizer& optimizer, const std::vector<torch::Tensor>& params,
+                                double max_norm) {
+  auto* fused = dynamic_cast<FusedAdamW*>(&optimizer);
+  if (fused == nullptr || !fused->fuses_exactly(params)) return clip_gradients(params, max_norm);
+  const double total = clip_gradients(params, 0.0);  // the norm only
+  if (max_norm > 0.0 && std::isfinite(total) && total > max_norm) fused->defer_gradient_scale(max_norm / (total + 1e-6));
   return total;
 }
 

@@ -520,9 +520,11 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     t0 = Clock::now();
     const double lr = learning_rate(tc.optim, step, total_steps);
     set_learning_rate(*optimizer, lr);
-    const double grad_norm = clip_gradients(params, tc.optim.clip_norm);
+    // OMoE's orthogonal step reads the clipped gradients: there they are scaled in place.
+    const bool orth = omoe && omoe->is_orthogonal_step(step);
+    const double grad_norm = orth ? clip_gradients(params, tc.optim.clip_norm)
+                                  : clip_gradients_into_step(*optimizer, params, tc.optim.clip_norm);
     if (std::isfinite(grad_norm)) {
-      const bool orth = omoe && omoe->is_orthogonal_step(step);
       if (orth) omoe->orthogonal_step(lr);
       optimizer->step();
       if (omoe && !orth) {

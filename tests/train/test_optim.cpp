@@ -8,6 +8,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -459,6 +460,47 @@ TEST_F(OptimTest, FusedAdamWSlicesAgreeAcrossThreads) {
   const auto one = run(1, true), two = run(2, true);
   EXPECT_TRUE(torch::equal(one, two));
   EXPECT_LE((one - run(2, false)).abs().max().item<double>(), 2e-6);
+}
+
+// Clipping inside the fused step: the same parameters, bit for bit, as clipping the gradients in place and
+// stepping; the gradients are left unscaled. Where the step is not the fused one (SGD, a non-contiguous
+// parameter), the gradients are scaled in place as clip_gradients does.
+TEST_F(OptimTest, ClipIntoStepEqualsClipThenStep) {
+  const auto w0 = torch::randn({40000}), u0 = torch::randn({7, 5});
+  for (const char* name : {"adamw", "sgd"}) {
+    for (const bool transposed : {false, true}) {
+      SCOPED_TRACE(std::string(name) + (transposed ? " with a non-contiguous parameter" : ""));
+      const auto run = [&](bool into) {
+        auto w = w0.clone().requires_grad_(true);
+        auto u = (transposed ? u0.t().contiguous().t() : u0.clone()).requires_grad_(true);
+        if (transposed) EXPECT_FALSE(u.is_contiguous());
+        OptimConfig c;
+        c.name = name;
+        c.lr = 0.05;
+        auto opt = make_optimizer(c, {w, u});
+        std::vector<double> norms, after;
+        for (int s = 0; s < 5; ++s) {
+          compute_gradients((w * w.detach().sin()).sum() + (u * u).sum() * (1.0 + s), {w, u});
+          norms.push_back(into ? clip_gradients_into_step(*opt, {w, u}, 0.5) : clip_gradients({w, u}, 0.5));
+          after.push_back(clip_gradients({w, u}, 0.0));  // the gradients' norm as the step will find them
+          opt->step();
+        }
+        return std::make_tuple(w.detach(), u.detach(), norms, after);
+      };
+      const auto [w_a, u_a, norms_a, after_a] = run(false);
+      const auto [w_b, u_b, norms_b, after_b] = run(true);
+      EXPECT_TRUE(torch::equal(w_a, w_b));
+      EXPECT_TRUE(torch::equal(u_a, u_b));
+      EXPECT_EQ(norms_a, norms_b);
+      const bool deferred = std::string(name) == "adamw" && !transposed;
+      for (std::size_t s = 0; s < norms_b.size(); ++s) {
+        EXPECT_GT(norms_b[s], 0.5);
+        EXPECT_NEAR(after_a[s], 0.5, 1e-5);  // clipped in place
+        if (deferred) EXPECT_EQ(after_b[s], norms_b[s]);  // left alone: the step scaled them as it read them
+        else EXPECT_NEAR(after_b[s], 0.5, 1e-5);
+      }
+    }
+  }
 }
 
 // at::parallel_for is an inline OpenMP region in LibTorch's headers: moescope's own loops run on several threads

@@ -104,7 +104,7 @@ double loop_samples_per_s(const nlohmann::json& model_cfg, const Dataset& d, con
     const BatchResult r = m.batch_loss(d.train.inputs.index_select(0, idx), d.train.targets.index_select(0, idx));
     compute_gradients(r.loss, params);
     set_learning_rate(*opt, learning_rate(oc, s, total));
-    clip_gradients(params, oc.clip_norm);
+    clip_gradients_into_step(*opt, params, oc.clip_norm);
     opt->step();
   }
   return static_cast<double>(steps * batch) / seconds_since(t0);

@@ -17,9 +17,11 @@ namespace moescope {
 struct AdamWScalars {
   double lr = 1e-3, weight_decay = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double bias_correction1 = 1.0, bias_correction2 = 1.0;  // 1 - beta1^t, 1 - beta2^t
+  double grad_scale = 1.0;  // each gradient is read as g * grad_scale (rounded to its dtype): deferred clipping
 };
 
-/// AdamW's update of n elements in place, in the elements' dtype with the scalars rounded to it:
+/// AdamW's update of n elements in place, in the elements' dtype with the scalars rounded to it, g being the
+/// gradient times grad_scale (one rounded product; exactly g when it is 1):
 ///   m <- fma(g, 1 - b1, b1 m);  v <- fma(g g, 1 - b2, b2 v);  d = sqrt(v) / sqrt(bc2) + eps;
 ///   p <- fma(p, 1 - lr wd, (-lr / bc1) (m / d))
 /// which is torch's `p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr / bc1 m / d` up to

@@ -96,6 +96,14 @@ void compute_gradients(const torch::Tensor& loss, const std::vector<torch::Tenso
 /// leaves the gradients untouched, so the caller can skip the step. One device synchronisation.
 double clip_gradients(const std::vector<torch::Tensor>& params, double max_norm);
 
+/// clip_gradients followed by `optimizer`'s step, with the scaling done inside the step where that is the same:
+/// when `optimizer` is make_optimizer's AdamW and its next step updates exactly these parameters in its fused pass,
+/// the gradients are left as they are and that pass reads each one times the coefficient (rounded as the in-place
+/// scaling rounds it: the same update bit for bit, one pass over the gradients fewer); otherwise they are scaled
+/// here. Returns the norm; call the optimizer's step next (skip it for a non-finite norm, which defers nothing).
+double clip_gradients_into_step(torch::optim::Optimizer& optimizer, const std::vector<torch::Tensor>& params,
+                                double max_norm);
+
 /// Writes the optimizer's state (torch archive) to `path` atomically (path.tmp, then rename). Throws
 /// InputError naming the file when it cannot be written.
 void save_optimizer(torch::optim::Optimizer& optimizer, const std::string& path);
