@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "moescope/util/error.hpp"
+#include "moescope/util/strings.hpp"
 
 namespace moescope {
 namespace {
@@ -483,15 +484,12 @@ std::vector<HFTensorSpec> hf_tensor_specs(const HFConfig& c) {
 }
 
 bool hf_float32_tensor(const std::string& name) {
-  const std::string s = ".e_score_correction_bias";
-  return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  constexpr std::string_view kSuffix = ".e_score_correction_bias";
+  return name.size() > kSuffix.size() && ends_with(name, kSuffix);
 }
 
 bool hf_unused_tensor(const HFConfig& c, const std::string& name) {
-  auto ends_with = [&](const std::string& s) {
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-  };
-  if (ends_with("rotary_emb.inv_freq")) return true;
+  if (ends_with(name, "rotary_emb.inv_freq")) return true;
   if (c.tie_word_embeddings && name == "lm_head.weight") return true;
   if (c.num_nextn_predict_layers > 0 && name.rfind("model.layers.", 0) == 0) {
     const std::string rest = name.substr(13);
