@@ -160,6 +160,13 @@ double squares_avx2(const double* x, std::int64_t n) {
 
 // ---- AVX-512F --------------------------------------------------------------------------------------------
 
+// GCC 12 warns that the `_mm512_undefined_*` source operand inside _mm512_sqrt_* and _mm512_cvtps_pd "may be used
+// uninitialized" once they are inlined here (a false positive: the all-ones mask never reads it).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 MOESCOPE_TARGET_AVX512
 void adamw_avx512(float* p, const float* g, float* m, float* v, std::int64_t n, const Coefficients<float>& c) {
   const __m512 b1 = _mm512_set1_ps(c.b1), ob1 = _mm512_set1_ps(c.one_minus_b1), b2 = _mm512_set1_ps(c.b2),
@@ -231,6 +238,9 @@ double squares_avx512(const double* x, std::int64_t n) {
   }
   return squares_tail_avx512(lanes, x + i, n - i);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif  // MOESCOPE_FUSED_X86
 
 template <class T>
