@@ -467,6 +467,12 @@ Eigen::MatrixXd GramSums::gram_matrix() const {
 
 // ---------------------------------------------------------------------------------------------------------
 
+// In the unity build this file is #included into a batch file, and GCC then takes the anonymous namespace's types
+// in Impl (defined only here) for a header's: -Wsubobject-linkage, a false alarm for a one-file pimpl.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wsubobject-linkage"
+#endif
 struct GramKernel::Impl {
   GramIsa isa = GramIsa::Portable;
   int E = 0, e_pad = 0;
@@ -537,6 +543,9 @@ struct GramKernel::Impl {
     count += count_;
   }
 };
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 GramKernel::GramKernel(int experts, std::int64_t block, GramIsa isa) : impl_(std::make_unique<Impl>()) {
   if (experts < 1) throw std::invalid_argument("GramKernel: experts must be >= 1, got " + std::to_string(experts));

@@ -15,6 +15,7 @@
 #include "moescope/io/safetensors.hpp"
 #include "moescope/io/weights_torch.hpp"
 #include "moescope/model/moe.hpp"
+#include "moescope/train/denormals.hpp"
 #include "moescope/util/error.hpp"
 #include "moescope/util/json.hpp"
 #include "moescope/util/random.hpp"
@@ -45,14 +46,15 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
                        {"guo_var", r.guo_var},
                        {"cv_importance", r.cv_importance},
                        {"weight_orth_param", c.weight_orth_param}}},
-                     {"optim", c.optim}};
+                     {"optim", c.optim},
+                     {"flush_denormals", c.flush_denormals}};
 }
 
 void from_json(const nlohmann::json& j, TrainConfig& c) {
   const char* what = "train config";
   json_fields::check(j, what, "train",
                        {"steps", "epochs", "batch_size", "eval_every", "checkpoint_every", "log_every",
-                        "eval_batch_size", "eval_train_samples", "regularisers", "optim"});
+                        "eval_batch_size", "eval_train_samples", "regularisers", "optim", "flush_denormals"});
   json_fields::read(j, what, "steps", c.steps);
   json_fields::read(j, what, "epochs", c.epochs);
   json_fields::read(j, what, "batch_size", c.batch_size);
@@ -61,6 +63,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   json_fields::read(j, what, "log_every", c.log_every);
   json_fields::read(j, what, "eval_batch_size", c.eval_batch_size);
   json_fields::read(j, what, "eval_train_samples", c.eval_train_samples);
+  json_fields::read(j, what, "flush_denormals", c.flush_denormals);
   if (const auto it = j.find("regularisers"); it != j.end()) {
     const char* rw = "train config: regularisers";
     json_fields::check(*it, rw, "regularisers",
@@ -405,11 +408,17 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
     // The highest step directory holding a complete checkpoint (state.json is written last).
     const fs::path last = latest_step_dir(run_dir.string(), "state.json");
     if (!last.empty()) {
-      nlohmann::json saved = read_json_file((run_dir / "config.json").string(), "the run config");
+      // Read as a config, so that a run written before a field existed compares with that field's default.
+      const std::string saved_path = (run_dir / "config.json").string();
+      nlohmann::json saved = read_json_file(saved_path, "the run config");
+      try {
+        saved = saved.get<RunConfig>();
+      } catch (const InputError& e) {
+        fail_input(saved_path, e.what());
+      }
       saved.erase("out_dir");
       if (saved != comparable) {
-        fail_input((run_dir / "config.json").string(),
-                   "the run was started with another config; resume with the same config or a new name");
+        fail_input(saved_path, "the run was started with another config; resume with the same config or a new name");
       }
       const nlohmann::json state = read_json_file((last / "state.json").string(), "the checkpoint state");
       check_run_format(state, (last / "state.json").string());
@@ -479,7 +488,8 @@ TrainResult train_run(const RunConfig& config_in, const TrainOptions& options) {
 
   if (start == 0) checkpoint(0);  // the initialisation, for before/after comparisons
 
-  // The loop.
+  // The loop, and the evaluations in and after it, with denormals flushed (train.flush_denormals).
+  const ScopedFlushDenormalsInPool flush_denormals(tc.flush_denormals);
   model.module().train();
   std::vector<std::int64_t> order;
   std::int64_t order_epoch = -1;

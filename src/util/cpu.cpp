@@ -6,6 +6,12 @@
 #else
 #define MOESCOPE_CPU_X86 0
 #endif
+#if defined(__x86_64__)
+#define MOESCOPE_HAS_MXCSR 1
+#include <xmmintrin.h>
+#else
+#define MOESCOPE_HAS_MXCSR 0
+#endif
 
 namespace moescope {
 namespace {
@@ -67,5 +73,45 @@ std::string_view vector_isa_name(VectorIsa isa) {
 
 bool cpu_has_avx2_fma() { return features().avx2_fma; }
 bool cpu_has_avx512_skylake() { return features().avx512_skylake; }
+
+namespace {
+#if MOESCOPE_HAS_MXCSR
+constexpr unsigned kFlushModes = 0x8000 | 0x0040;  // MXCSR: flush to zero (bit 15), denormals are zero (bit 6)
+#endif
+}  // namespace
+
+bool flushing_denormals() {
+#if MOESCOPE_HAS_MXCSR
+  return (_mm_getcsr() & kFlushModes) == kFlushModes;
+#else
+  return false;
+#endif
+}
+
+bool set_flushing_denormals(bool on) {
+#if MOESCOPE_HAS_MXCSR
+  const unsigned csr = _mm_getcsr();
+  // Only the two mode bits: the exception flags and rounding mode stay as they are.
+  _mm_setcsr(on ? csr | kFlushModes : csr & ~kFlushModes);
+  return (csr & kFlushModes) == kFlushModes;
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+ScopedFlushDenormals::ScopedFlushDenormals(bool enable) {
+#if MOESCOPE_HAS_MXCSR
+  if (!enable) return;
+  previous_ = set_flushing_denormals(true);
+  active_ = true;
+#else
+  (void)enable;
+#endif
+}
+
+ScopedFlushDenormals::~ScopedFlushDenormals() {
+  if (active_) set_flushing_denormals(previous_);
+}
 
 }  // namespace moescope

@@ -76,6 +76,21 @@ TEST(Trainer, ConfigJsonRoundTripAndErrors) {
   bad["train"]["steps"] = 0;
   bad["train"]["epochs"] = 0;
   EXPECT_THROW(bad.get<RunConfig>(), InputError);
+  // Denormals are flushed unless the config says otherwise.
+  EXPECT_TRUE(j["train"]["flush_denormals"].get<bool>());
+  nlohmann::json ieee = j;
+  ieee["train"]["flush_denormals"] = false;
+  EXPECT_FALSE(ieee.get<RunConfig>().train.flush_denormals);
+  ieee["train"].erase("flush_denormals");
+  EXPECT_TRUE(ieee.get<RunConfig>().train.flush_denormals);
+  bad = j;
+  bad["train"]["flush_denormals"] = "yes";
+  try {
+    (void)bad.get<RunConfig>();
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "train config: field 'flush_denormals': expected true or false, got \"yes\"");
+  }
   // Fields of the wrong type are InputErrors naming them, not nlohmann type_errors (found by fuzz_run_config_torch:
   // tests/data/fuzz/fuzz_run_config_torch/model-type-a-number.json, {"model": {"type": 4}, ...}).
   const nlohmann::json found = nlohmann::json::parse(
@@ -207,8 +222,24 @@ TEST(Trainer, ResumeAfterAStopEqualsAnUninterruptedRun) {
   EXPECT_EQ(la.read("/train/val_loss"), lc.read("/train/val_loss"));
   EXPECT_EQ(la.read("/train/step"), lc.read("/train/step"));
 
-  // Resuming under another config is refused.
+  // A run written before a config field existed resumes: its config compares with the field's default.
+  const std::string config_path = rest.run_dir + "/config.json";
+  nlohmann::json saved = nlohmann::json::parse(moescope::testing::file_text(config_path));
+  ASSERT_TRUE(saved["train"].contains("flush_denormals"));
+  saved["train"].erase("flush_denormals");
+  std::ofstream(config_path) << saved.dump(2);
+  EXPECT_TRUE(train_run(c, resume).finished);
+
+  // Resuming under another config is refused, naming the run's config file.
   c.train.optim.lr *= 2;
+  try {
+    train_run(c, resume);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(config_path), std::string::npos) << e.what();
+  }
+  c.train.optim.lr /= 2;
+  c.train.flush_denormals = false;
   EXPECT_THROW(train_run(c, resume), InputError);
 }
 

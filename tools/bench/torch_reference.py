@@ -124,9 +124,13 @@ def main():
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--foreach", type=int, default=0, help="AdamW's multi-tensor implementation")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flush-denormal", type=int, default=0,
+                    help="torch.set_flush_denormal(True): denormals flushed to zero (on the calling thread)")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.flush_denormal:
+        torch.set_flush_denormal(True)
     torch.manual_seed(a.seed)
     x_all, y_all, data_name = load_data(a.data, a.seed)
     model = Classifier()
@@ -160,7 +164,7 @@ def main():
         "steps": a.steps, "batch_size": bs, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in params),
         "data": data_name, "final_loss": float(loss),
-        "torch": torch.__version__, "foreach": bool(a.foreach),
+        "torch": torch.__version__, "foreach": bool(a.foreach), "flush_denormal": bool(a.flush_denormal),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "malloc": os.environ.get("MALLOC_MMAP_MAX_", "") != "",
         "what": "MLP 784-512 + gated head (8 experts 512-64-10, batched: one matmul + baddbmm), AdamW, "
