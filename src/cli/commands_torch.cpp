@@ -11,7 +11,10 @@ int start_torch_work(const Context& ctx) {
   reexec_with_torch_environment(ctx.argv);
   const int n = thread_count(ctx);
   at::set_num_threads(n);  // LibTorch starts with one intra-op thread on some builds
-  spdlog::debug("BLAS: {}", openblas_description());
+  // OpenBLAS keeps a pool of its own, one thread per core: --threads bounds it too (sweep --jobs gives each job its
+  // share of the cores), while without the flag it keeps its default (or the user's OPENBLAS_NUM_THREADS).
+  if (ctx.threads > 0) set_openblas_threads(n);
+  spdlog::debug("BLAS: {}, {} threads", openblas_description(), openblas_threads());
   return n;
 }
 

@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("moescope ") + kVersion);
   app.require_subcommand(1);
   app.fallthrough();
-  app.add_option("--threads", ctx.threads, "Worker threads (torch intra-op and the library's); 0 = all cores")
+  app.add_option("--threads", ctx.threads, "Worker threads (torch intra-op, the library's and OpenBLAS's); 0 = all cores")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", ctx.log_level, "trace, debug, info, warn, error, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))

@@ -49,6 +49,25 @@ OpenBlasText openblas_function(const char* name, bool load) {
 
 }  // namespace
 
+int openblas_threads() {
+#if defined(__linux__)
+  if (void* f = dlsym(RTLD_DEFAULT, "openblas_get_num_threads")) return reinterpret_cast<int (*)()>(f)();
+#endif
+  return 0;
+}
+
+bool set_openblas_threads(int n) {
+#if defined(__linux__)
+  if (void* f = dlsym(RTLD_DEFAULT, "openblas_set_num_threads")) {
+    reinterpret_cast<void (*)(int)>(f)(n);
+    return true;
+  }
+#else
+  (void)n;
+#endif
+  return false;
+}
+
 std::string openblas_core(bool load) {
   const OpenBlasText f = openblas_function("openblas_get_corename", load);
   const char* name = f ? f() : nullptr;

@@ -90,3 +90,22 @@ TEST(CliTrain, RunDirectoryIsReadByInspectAndGeometryAndResumes) {
   const moescope::ReportReader g(dir.file("g.h5"));
   EXPECT_FALSE(g.list("/geometry").empty());
 }
+
+// --threads bounds OpenBLAS's own pool too (it starts one thread per core whatever LibTorch's intra-op count is):
+// `sweep --jobs N` gives each job --threads cores/N, and two jobs' BLAS threads spinning on every core slowed both.
+TEST(CliTrain, ThreadsFlagBoundsOpenBlas) {
+  TempDir dir;
+  for (const char* n : {"1", "2"}) {
+    std::vector<std::string> args = small_run(dir, std::string("t") + n);
+    args[1] = n;         // --threads N
+    args[3] = "debug";   // --log-level debug: the BLAS line
+    const auto r = run_moescope(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string all = r.out + r.err;
+    const auto at = all.find("BLAS: ");
+    ASSERT_NE(at, std::string::npos) << all;
+    const std::string line = all.substr(at, all.find('\n', at) - at);
+    if (line.find("no OpenBLAS") != std::string::npos) GTEST_SKIP() << "LibTorch here uses another BLAS: " << line;
+    EXPECT_NE(line.find(std::string(", ") + n + " threads"), std::string::npos) << line;
+  }
+}

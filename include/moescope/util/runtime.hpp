@@ -60,6 +60,13 @@ std::string openblas_core(bool load);
 /// e.g. "SkylakeX (OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64)".
 std::string openblas_description();
 
+/// OpenBLAS's own thread count in this process (openblas_get_num_threads), 0 when it has no OpenBLAS.
+int openblas_threads();
+/// Sets OpenBLAS's thread count (openblas_set_num_threads; its threads are its own pool, apart from LibTorch's
+/// intra-op threads, and it starts one per core whatever at::set_num_threads says). False when the process has no
+/// OpenBLAS.
+bool set_openblas_threads(int n);
+
 /// Ignores SIGXFSZ, so that a write past the file size limit (`ulimit -f`) fails with EFBIG, which the writers
 /// report as an error naming the file, instead of the signal's default action killing the process with a core
 /// dump and no word. The disposition is inherited by the processes moescope starts (it starts itself again).
