@@ -45,10 +45,10 @@ struct TrainConfig {
   std::string weight_orth_param = "fc1.weight";
   OptimConfig optim;
   /// Train with denormal floats flushed to zero (results that would be denormal, below 1.2e-38 in float32, become
-  /// zero, and such operands read as zero) on the training thread and its intra-op pool, as TensorFlow and XLA do
+  /// zero, and such operands read as zero) on the training thread and its intra-op pool, as TensorFlow does
   /// on CPUs: an operation that makes or reads a denormal costs a microcode assist of about a hundred cycles on
-  /// x86, and training makes more of them as it goes (Adam's second moments of tiny gradients, softmax outputs),
-  /// so that steps slowed down over a run by up to 40% (train/denormals.hpp).
+  /// x86, and training makes more of them as it goes, so that steps slowed down over a run by up to 40%
+  /// (train/denormals.hpp).
   bool flush_denormals = true;
 };
 void to_json(nlohmann::json& j, const TrainConfig& c);
