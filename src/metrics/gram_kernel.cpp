@@ -287,9 +287,12 @@ void block_avx2(const Work& w, std::int64_t n8) {
 // ---------------------------------------------------------------------------------------------------------
 // AVX-512F: one zmm holds an entry's 8 lanes; a full 4 x 4 tile (16 accumulators + 5 operands) fits 32 registers.
 
-// GCC 12's AVX-512 conversion intrinsics pass an _mm512_undefined_* operand that -Wmaybe-uninitialized flags.
+// GCC 12's AVX-512 conversion intrinsics pass an _mm512_undefined_* operand that -Wmaybe-uninitialized flags
+// (clang has no such warning group and would warn about the pragma).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 MOESCOPE_TARGET_AVX512
 void decode_avx512(DType t, const std::uint8_t* src, std::int64_t n, double* dst) {
   std::int64_t i = 0;
@@ -323,7 +326,9 @@ void decode_avx512(DType t, const std::uint8_t* src, std::int64_t n, double* dst
   }
   if (i < n) decode_avx2(t, src + static_cast<std::size_t>(i) * dtype_size(t), n - i, dst + i);
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 MOESCOPE_TARGET_AVX512
 void diag_tile_avx512(const Work& w, const Tile& t, std::int64_t n8) {
@@ -467,12 +472,6 @@ Eigen::MatrixXd GramSums::gram_matrix() const {
 
 // ---------------------------------------------------------------------------------------------------------
 
-// In the unity build this file is #included into a batch file, and GCC then takes the anonymous namespace's types
-// in Impl (defined only here) for a header's: -Wsubobject-linkage, a false alarm for a one-file pimpl.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wsubobject-linkage"
-#endif
 struct GramKernel::Impl {
   GramIsa isa = GramIsa::Portable;
   int E = 0, e_pad = 0;
@@ -543,9 +542,6 @@ struct GramKernel::Impl {
     count += count_;
   }
 };
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 GramKernel::GramKernel(int experts, std::int64_t block, GramIsa isa) : impl_(std::make_unique<Impl>()) {
   if (experts < 1) throw std::invalid_argument("GramKernel: experts must be >= 1, got " + std::to_string(experts));
