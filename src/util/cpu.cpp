@@ -101,13 +101,9 @@ bool set_flushing_denormals(bool on) {
 }
 
 ScopedFlushDenormals::ScopedFlushDenormals(bool enable) {
-#if MOESCOPE_HAS_MXCSR
   if (!enable) return;
   previous_ = set_flushing_denormals(true);
-  active_ = true;
-#else
-  (void)enable;
-#endif
+  active_ = flushing_denormals();  // false where the CPU has no such mode
 }
 
 ScopedFlushDenormals::~ScopedFlushDenormals() {

@@ -28,16 +28,16 @@ std::string keep_freed_memory() {
 
 namespace {
 
-// OpenBLAS's openblas_get_corename / openblas_get_config, from the process (RTLD_DEFAULT) or, with `load`, from
-// the library LibTorch links (loaded and kept: the front end execs right after).
-using OpenBlasText = char* (*)();
-OpenBlasText openblas_function(const char* name, bool load) {
+// A function of OpenBLAS's (openblas_get_corename, openblas_set_num_threads, ...) from the process (RTLD_DEFAULT)
+// or, with `load`, from the library LibTorch links (loaded and kept: the front end execs right after); null where
+// there is none. The callers cast it to the function's type.
+void* openblas_symbol(const char* name, bool load) {
 #if defined(__linux__)
-  if (void* f = dlsym(RTLD_DEFAULT, name)) return reinterpret_cast<OpenBlasText>(f);
+  if (void* f = dlsym(RTLD_DEFAULT, name)) return f;
   if (!load) return nullptr;
   for (const char* lib : {"libopenblas.so.0", "libblas.so.3"}) {
     if (void* h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL)) {
-      if (void* f = dlsym(h, name)) return reinterpret_cast<OpenBlasText>(f);
+      if (void* f = dlsym(h, name)) return f;
     }
   }
 #else
@@ -47,30 +47,28 @@ OpenBlasText openblas_function(const char* name, bool load) {
   return nullptr;
 }
 
+// openblas_get_corename / openblas_get_config: null or the text.
+const char* openblas_text(const char* name, bool load) {
+  void* f = openblas_symbol(name, load);
+  return f ? reinterpret_cast<char* (*)()>(f)() : nullptr;
+}
+
 }  // namespace
 
 int openblas_threads() {
-#if defined(__linux__)
-  if (void* f = dlsym(RTLD_DEFAULT, "openblas_get_num_threads")) return reinterpret_cast<int (*)()>(f)();
-#endif
-  return 0;
+  void* f = openblas_symbol("openblas_get_num_threads", false);
+  return f ? reinterpret_cast<int (*)()>(f)() : 0;
 }
 
 bool set_openblas_threads(int n) {
-#if defined(__linux__)
-  if (void* f = dlsym(RTLD_DEFAULT, "openblas_set_num_threads")) {
-    reinterpret_cast<void (*)(int)>(f)(n);
-    return true;
-  }
-#else
-  (void)n;
-#endif
-  return false;
+  void* f = openblas_symbol("openblas_set_num_threads", false);
+  if (f == nullptr) return false;
+  reinterpret_cast<void (*)(int)>(f)(n);
+  return true;
 }
 
 std::string openblas_core(bool load) {
-  const OpenBlasText f = openblas_function("openblas_get_corename", load);
-  const char* name = f ? f() : nullptr;
+  const char* name = openblas_text("openblas_get_corename", load);
   return name ? name : "";
 }
 
@@ -86,8 +84,7 @@ std::string openblas_core_for(const std::string& detected, bool avx2_fma, bool a
 std::string openblas_description() {
   const std::string core = openblas_core(false);
   if (core.empty()) return "no OpenBLAS";
-  const OpenBlasText config = openblas_function("openblas_get_config", false);
-  const char* text = config ? config() : nullptr;
+  const char* text = openblas_text("openblas_get_config", false);
   return core + (text ? std::string(" (") + text + ")" : std::string());
 }
 
