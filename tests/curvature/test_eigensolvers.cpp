@@ -20,15 +20,15 @@ using testing::gapped_spectrum;
 using testing::random_orthogonal;
 using testing::with_eigenpairs;
 
-struct Problem {
+struct SpectrumProblem {
   Eigen::MatrixXd q;
   Eigen::VectorXd d;
   Eigen::MatrixXd a;
   double scale;  // max |eigenvalue| = ||A||_2
 };
 
-Problem make_problem(const Eigen::VectorXd& d, std::uint64_t seed) {
-  Problem p;
+SpectrumProblem make_problem(const Eigen::VectorXd& d, std::uint64_t seed) {
+  SpectrumProblem p;
   p.q = random_orthogonal(d.size(), seed);
   p.d = d;
   p.a = with_eigenpairs(p.q, d);
@@ -52,7 +52,7 @@ std::vector<Eigen::Index> wanted_order(const Eigen::VectorXd& d, EigenTarget tar
 }
 
 // Checks every returned pair against the known spectrum with bounds from the residual it reports.
-void expect_known_pairs(const EigenResult& r, const Problem& p, std::int64_t k, EigenTarget target, double tol) {
+void expect_known_pairs(const EigenResult& r, const SpectrumProblem& p, std::int64_t k, EigenTarget target, double tol) {
   ASSERT_EQ(r.status, SolverStatus::Converged) << r.method;
   ASSERT_EQ(r.eigenvalues.size(), k);
   ASSERT_EQ(r.eigenvectors.cols(), k);
@@ -86,15 +86,15 @@ void expect_known_pairs(const EigenResult& r, const Problem& p, std::int64_t k, 
   }
 }
 
-struct Size {
+struct ProblemSize {
   std::int64_t n, k;
 };
-const Size kSizes[] = {{10, 3}, {50, 5}, {200, 5}};
+const ProblemSize kProblemSizes[] = {{10, 3}, {50, 5}, {200, 5}};
 
 TEST(SpectraEigs, TopKOfKnownSpectra) {
-  for (const auto& s : kSizes) {
+  for (const auto& s : kProblemSizes) {
     SCOPED_TRACE("n = " + std::to_string(s.n));
-    const Problem p = make_problem(gapped_spectrum(s.n, 100 + s.n), 200 + s.n);
+    const SpectrumProblem p = make_problem(gapped_spectrum(s.n, 100 + s.n), 200 + s.n);
     DenseOperator op(p.a);
     SpectraOptions o;
     o.k = s.k;
@@ -108,9 +108,9 @@ TEST(SpectraEigs, TopKOfKnownSpectra) {
 }
 
 TEST(LanczosEigs, TopKOfKnownSpectra) {
-  for (const auto& s : kSizes) {
+  for (const auto& s : kProblemSizes) {
     SCOPED_TRACE("n = " + std::to_string(s.n));
-    const Problem p = make_problem(gapped_spectrum(s.n, 100 + s.n), 200 + s.n);
+    const SpectrumProblem p = make_problem(gapped_spectrum(s.n, 100 + s.n), 200 + s.n);
     DenseOperator op(p.a);
     LanczosOptions o;
     o.k = s.k;
@@ -126,9 +126,9 @@ TEST(LanczosEigs, TopKOfKnownSpectra) {
 }
 
 TEST(LanczosEigs, AgreesWithSpectra) {
-  for (const auto& s : kSizes) {
+  for (const auto& s : kProblemSizes) {
     SCOPED_TRACE("n = " + std::to_string(s.n));
-    const Problem p = make_problem(gapped_spectrum(s.n, 300 + s.n), 400 + s.n);
+    const SpectrumProblem p = make_problem(gapped_spectrum(s.n, 300 + s.n), 400 + s.n);
     DenseOperator op(p.a);
     SpectraOptions so;
     so.k = s.k;
@@ -158,7 +158,7 @@ TEST(Eigs, LargestMagnitudePicksLargeNegativeEigenvalue) {
   d(0) = -20.0;
   d(1) = 10.0;
   for (std::int64_t i = 2; i < n; ++i) d(i) = -2.0 + 8.0 * rng.uniform();  // bulk in [-2, 6]
-  const Problem p = make_problem(d, 12);
+  const SpectrumProblem p = make_problem(d, 12);
   DenseOperator op(p.a);
 
   SpectraOptions so;
@@ -189,7 +189,7 @@ TEST(Eigs, LargestMagnitudePicksLargeNegativeEigenvalue) {
 }
 
 TEST(PowerEigs, FindsLambdaMaxOfGappedSpectrumWithPyHessianDefaults) {
-  const Problem p = make_problem(gapped_spectrum(100, 21), 22);
+  const SpectrumProblem p = make_problem(gapped_spectrum(100, 21), 22);
   DenseOperator op(p.a);
   PowerOptions o;  // PyHessian: tol 1e-3 on the eigenvalue change, 100 iterations
   const EigenResult r = power_eigs(op, o);
@@ -205,7 +205,7 @@ TEST(PowerEigs, FindsLambdaMaxOfGappedSpectrumWithPyHessianDefaults) {
 }
 
 TEST(PowerEigs, DeflationFindsTopThree) {
-  const Problem p = make_problem(gapped_spectrum(80, 31), 32);
+  const SpectrumProblem p = make_problem(gapped_spectrum(80, 31), 32);
   DenseOperator op(p.a);
   PowerOptions o;
   o.k = 3;
@@ -232,7 +232,7 @@ TEST(Eigs, LanczosUsesFewerMatvecsThanPowerIteration) {
     SCOPED_TRACE("n = " + std::to_string(c.n) + ", ratio " + std::to_string(c.second) + ", k = " + std::to_string(c.k));
     Eigen::VectorXd d = gapped_spectrum(c.n, 40 + c.n);
     d(1) = 10.0 * c.second;
-    const Problem p = make_problem(d, 50 + c.n);
+    const SpectrumProblem p = make_problem(d, 50 + c.n);
     DenseOperator op(p.a);
     const double tol = 1e-4;
 
@@ -259,7 +259,7 @@ TEST(Eigs, LanczosUsesFewerMatvecsThanPowerIteration) {
 }
 
 TEST(Eigs, NotConvergedWhenBudgetIsTiny) {
-  const Problem p = make_problem(gapped_spectrum(200, 61), 62);
+  const SpectrumProblem p = make_problem(gapped_spectrum(200, 61), 62);
   DenseOperator op(p.a);
 
   SpectraOptions so;
@@ -299,7 +299,7 @@ TEST(LanczosEigs, RepeatedEigenvaluesOfLowRankOperator) {
   d(0) = 3.0;
   d(1) = 2.0;
   d(2) = 2.0;
-  const Problem p = make_problem(d, 71);
+  const SpectrumProblem p = make_problem(d, 71);
   DenseOperator op(p.a);
   LanczosOptions o;
   o.k = 4;
@@ -358,7 +358,7 @@ TEST(Eigs, InvalidArgumentsThrowWithValues) {
 }
 
 TEST(Eigs, SameSeedGivesBitIdenticalResults) {
-  const Problem p = make_problem(gapped_spectrum(120, 81), 82);
+  const SpectrumProblem p = make_problem(gapped_spectrum(120, 81), 82);
   DenseOperator op(p.a);
   auto same = [](const EigenResult& a, const EigenResult& b) {
     return a.eigenvalues == b.eigenvalues && a.eigenvectors == b.eigenvectors && a.residuals == b.residuals &&
@@ -402,7 +402,7 @@ TEST(SelectRitzPairs, OrdersAndBounds) {
 }
 
 TEST(Eigs, ProgressCallbackSeesEveryTest) {
-  const Problem p = make_problem(gapped_spectrum(50, 91), 92);
+  const SpectrumProblem p = make_problem(gapped_spectrum(50, 91), 92);
   DenseOperator op(p.a);
   LanczosOptions o;
   o.k = 2;

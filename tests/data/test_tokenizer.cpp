@@ -19,11 +19,11 @@ namespace {
 using nlohmann::json;
 using testing::expect_input_error;
 
-const std::string kDir = std::string(MOESCOPE_SOURCE_DIR) + "/tests/data/tokenizer/";
+const std::string kTokenizerDir = std::string(MOESCOPE_SOURCE_DIR) + "/tests/data/tokenizer/";
 
 json read_json(const std::string& file) {
-  std::ifstream in(kDir + file, std::ios::binary);
-  EXPECT_TRUE(in.good()) << kDir + file;
+  std::ifstream in(kTokenizerDir + file, std::ios::binary);
+  EXPECT_TRUE(in.good()) << kTokenizerDir + file;
   std::ostringstream s;
   s << in.rdbuf();
   return json::parse(s.str());

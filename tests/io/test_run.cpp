@@ -12,18 +12,17 @@
 namespace fs = std::filesystem;
 using namespace moescope;
 using moescope::testing::TempDir;
+using moescope::testing::write_small_safetensors;
 using moescope::testing::write_text;
 
 namespace {
-
-void write_weights(const std::string& path) { moescope::testing::write_small_safetensors(path); }
 
 // NAME/config.json and NAME/step_N/model.safetensors for each N.
 std::string make_run(const TempDir& dir, const std::vector<int>& steps) {
   const fs::path run = fs::path(dir.path()) / "r";
   for (int s : steps) {
     fs::create_directories(run / ("step_" + std::to_string(s)));
-    write_weights((run / ("step_" + std::to_string(s)) / "model.safetensors").string());
+    write_small_safetensors((run / ("step_" + std::to_string(s)) / "model.safetensors").string());
   }
   write_text((run / "config.json").string(), R"({"name": "r", "model": {"type": "classifier"}})");
   return run.string();
@@ -35,7 +34,7 @@ TEST(Run, OpensFromTheRunFolderAStepFolderOrItsWeights) {
   TempDir dir;
   const std::string run = make_run(dir, {0, 7, 12});
   fs::create_directories(fs::path(run) / "step_20.tmp");  // a checkpoint being written is not a step
-  write_weights(run + "/step_20.tmp/model.safetensors");
+  write_small_safetensors(run + "/step_20.tmp/model.safetensors");
 
   const moescope::Run latest = moescope::Run::open(run);
   EXPECT_EQ(latest.step(), 12);
@@ -70,7 +69,7 @@ TEST(Run, OtherFilesInsideARunAreNotRuns) {
 TEST(Run, ACheckpointThatIsNotARunIsNamedAndExplained) {
   TempDir dir;
   const std::string file = dir.file("model.safetensors");
-  write_weights(file);
+  write_small_safetensors(file);
   EXPECT_FALSE(moescope::Run::is_run(file));
   try {
     moescope::Run::open(file);

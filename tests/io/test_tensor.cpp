@@ -3,18 +3,14 @@
 
 #include <gtest/gtest.h>
 
-#include <cstring>
 
 #include "moescope/util/error.hpp"
+#include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
 
-std::vector<std::uint8_t> f32_bytes(const std::vector<float>& v) {
-  std::vector<std::uint8_t> b(v.size() * 4);
-  std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
+using testing::f32_bytes;
 
 TEST(Tensor, InfoSizesAndShapes) {
   const TensorInfo t{"w", DType::BF16, {3, 4, 5}};

@@ -3,16 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <limits>
 
 #include "moescope/io/report.hpp"
 #include "moescope/metrics/shared_experts.hpp"
+#include "moescope/util/numbers.hpp"
 #include "support/fixtures.hpp"
 
 namespace moescope {
 namespace {
-
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 TEST(SharedExperts, MeansOverTokensSkipUndefinedCosines) {
   SharedExpertAccumulator acc("layer_02", "gated", 3);

@@ -16,24 +16,14 @@ namespace moescope {
 namespace {
 
 using testing::max_abs_diff;
+using testing::parameter_count;
+using testing::parameter_shapes;
 
 class ClassifierTest : public testing::SeededTest {};
 
-std::map<std::string, std::vector<std::int64_t>> shapes(const torch::nn::Module& m) {
-  std::map<std::string, std::vector<std::int64_t>> out;
-  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().sizes().vec();
-  return out;
-}
-
-std::int64_t count_params(const torch::nn::Module& m) {
-  std::int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.numel();
-  return n;
-}
-
 TEST_F(ClassifierTest, SparseHeadParameterNamesFollowTheLayout) {
   Classifier model(ClassifierOptions::vision_study(HeadKind::Sparse));
-  const auto s = shapes(*model);
+  const auto s = parameter_shapes(*model);
   EXPECT_EQ(s.at("head.router.weight"), (std::vector<std::int64_t>{8, 512}));
   EXPECT_EQ(s.count("head.router.bias"), 0u);
   EXPECT_EQ(s.at("head.noise.weight"), (std::vector<std::int64_t>{8, 512}));
@@ -48,7 +38,7 @@ TEST_F(ClassifierTest, SparseHeadParameterNamesFollowTheLayout) {
   ASSERT_NE(model->moe_head(), nullptr);
   EXPECT_EQ(model->moe_head()->num_experts(), 8);
   // The backbone's count is checked by hand in test_backbone.cpp.
-  EXPECT_EQ(count_params(*model), count_params(*ResNet18()) +
+  EXPECT_EQ(parameter_count(*model), parameter_count(*ResNet18()) +
                                       moe_total_params(FFNOptions(512, 64).out_dim(10), 8, false, true));
 }
 
@@ -101,7 +91,7 @@ TEST_F(ClassifierTest, VisionStudyHeads) {
   Classifier g(gated);
   ASSERT_TRUE(g->gated_head);
   EXPECT_EQ(g->gated_head->options.experts(), 8);
-  EXPECT_EQ(shapes(*g).at("head.experts.3.fc1.weight"), (std::vector<std::int64_t>{64, 512}));
+  EXPECT_EQ(parameter_shapes(*g).at("head.experts.3.fc1.weight"), (std::vector<std::int64_t>{64, 512}));
   const auto dense = ClassifierOptions::vision_study(HeadKind::Dense);
   EXPECT_EQ(dense.head_hidden(), 512);
   EXPECT_DOUBLE_EQ(dense.dropout(), 0.1);
@@ -140,7 +130,7 @@ TEST_F(ClassifierTest, OptionsJsonRoundTrip) {
   EXPECT_DOUBLE_EQ(back.capacity_factor(), 1.25);
   EXPECT_EQ(back.expert_kind(), FFNKind::SwiGLU);
   // The rebuilt model has the same parameter names and shapes.
-  EXPECT_EQ(shapes(*Classifier(back)), shapes(*Classifier(o)));
+  EXPECT_EQ(parameter_shapes(*Classifier(back)), parameter_shapes(*Classifier(o)));
   // Missing fields keep defaults; typos and wrong types are errors naming the field.
   EXPECT_EQ(nlohmann::json::parse(R"({"head": "gated"})").get<ClassifierOptions>().experts(), 8);
   EXPECT_THROW(nlohmann::json::parse(R"({"expertz": 4})").get<ClassifierOptions>(), InputError);

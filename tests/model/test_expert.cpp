@@ -14,24 +14,14 @@ namespace moescope {
 namespace {
 
 using testing::max_abs_diff;
+using testing::parameter_count;
+using testing::parameter_shapes;
 
 class FFNTest : public testing::SeededTest {};
 
-std::int64_t count_params(torch::nn::Module& m) {
-  std::int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.numel();
-  return n;
-}
-
-std::map<std::string, std::vector<std::int64_t>> shapes(const torch::nn::Module& m) {
-  std::map<std::string, std::vector<std::int64_t>> out;
-  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().sizes().vec();
-  return out;
-}
-
 TEST_F(FFNTest, MLPNamesShapesAndForward) {
   FFN ffn(FFNOptions(6, 4).out_dim(3));
-  const auto s = shapes(*ffn);
+  const auto s = parameter_shapes(*ffn);
   ASSERT_EQ(s.size(), 4u);
   EXPECT_EQ(s.at("fc1.weight"), (std::vector<std::int64_t>{4, 6}));
   EXPECT_EQ(s.at("fc1.bias"), (std::vector<std::int64_t>{4}));
@@ -48,7 +38,7 @@ TEST_F(FFNTest, MLPNamesShapesAndForward) {
 
 TEST_F(FFNTest, SwiGLUNamesAndForward) {
   FFN ffn(FFNOptions(5, 7).kind(FFNKind::SwiGLU).bias(false));
-  const auto s = shapes(*ffn);
+  const auto s = parameter_shapes(*ffn);
   ASSERT_EQ(s.size(), 3u);
   EXPECT_EQ(s.at("w_gate.weight"), (std::vector<std::int64_t>{7, 5}));
   EXPECT_EQ(s.at("w_up.weight"), (std::vector<std::int64_t>{7, 5}));
@@ -71,7 +61,7 @@ TEST_F(FFNTest, DropoutOnlyInTraining) {
 
 TEST_F(FFNTest, ExpertListNames) {
   auto list = make_experts(FFNOptions(4, 3), 2);
-  const auto s = shapes(*list);
+  const auto s = parameter_shapes(*list);
   EXPECT_EQ(s.count("0.fc1.weight"), 1u);
   EXPECT_EQ(s.count("1.fc2.bias"), 1u);
   EXPECT_EQ(s.size(), 8u);
@@ -81,7 +71,7 @@ TEST_F(FFNTest, ParameterCountsMatchModules) {
   for (const auto& o : {FFNOptions(512, 64).out_dim(10), FFNOptions(16, 48).kind(FFNKind::SwiGLU),
                         FFNOptions(16, 48).kind(FFNKind::SwiGLU).bias(false)}) {
     FFN ffn(o);
-    EXPECT_EQ(ffn_params(o), count_params(*ffn));
+    EXPECT_EQ(ffn_params(o), parameter_count(*ffn));
   }
   // The vision study's experts: 512-64-10 = 33,482 parameters each; 8 of them + an 8x512 router.
   const auto expert = FFNOptions(512, 64).out_dim(10);
@@ -99,7 +89,7 @@ TEST_F(FFNTest, DenseHiddenMatchesParameterBudget) {
   for (const std::int64_t target : {moe_total_params(expert, 8), moe_active_params(expert, 8, 2)}) {
     const std::int64_t h = dense_hidden_for_params(target, dense);
     FFN ffn(FFNOptions(dense).hidden(h));
-    const std::int64_t n = count_params(*ffn);
+    const std::int64_t n = parameter_count(*ffn);
     // The nearest width is within half a hidden unit's worth of parameters of the target.
     EXPECT_LE(std::llabs(n - target), per_unit / 2 + 1) << "target " << target << " h " << h;
   }

@@ -24,7 +24,7 @@ namespace {
 using testing::input_error_of;
 using testing::TempDir;
 
-std::string write_model(const TempDir& dir, const std::string& family, DType dtype = DType::F32, int shards = 1,
+std::string write_hf_checkpoint(const TempDir& dir, const std::string& family, DType dtype = DType::F32, int shards = 1,
                         const std::string& overrides = "{}", const std::string& name = "model") {
   SyntheticModelOptions o;
   o.family = family;
@@ -74,7 +74,7 @@ class HFLoadFamilies : public ::testing::TestWithParam<std::string> {};
 // The module's parameters and buffers are exactly the checkpoint's tensors, with their shapes.
 TEST_P(HFLoadFamilies, NamesAreTheCheckpointNames) {
   TempDir dir;
-  const std::string path = write_model(dir, GetParam());
+  const std::string path = write_hf_checkpoint(dir, GetParam());
   HFCausalLM m = load_hf_model(path);
   std::map<std::string, std::vector<std::int64_t>> have;
   for (const auto& p : m->named_parameters()) have[p.key()] = p.value().sizes().vec();
@@ -91,8 +91,8 @@ INSTANTIATE_TEST_SUITE_P(All, HFLoadFamilies, ::testing::ValuesIn(synthetic_mode
 
 TEST(HFLoad, ShardedCheckpointGivesTheSameModel) {
   TempDir dir;
-  HFCausalLM one = load_hf_model(write_model(dir, "qwen2-moe", DType::F32, 1, "{}", "one"));
-  HFCausalLM three = load_hf_model(write_model(dir, "qwen2-moe", DType::F32, 3, "{}", "three"));
+  HFCausalLM one = load_hf_model(write_hf_checkpoint(dir, "qwen2-moe", DType::F32, 1, "{}", "one"));
+  HFCausalLM three = load_hf_model(write_hf_checkpoint(dir, "qwen2-moe", DType::F32, 3, "{}", "three"));
   EXPECT_TRUE(testing::file_exists(dir.file("three/model.safetensors.index.json")));
   const auto ids = ids_for(one);
   EXPECT_TRUE(torch::equal(one->forward(ids), three->forward(ids)));
@@ -101,7 +101,7 @@ TEST(HFLoad, ShardedCheckpointGivesTheSameModel) {
 // bf16 weights computed in bf16 against the same weights widened to float32: close to bf16 rounding.
 TEST(HFLoad, Bf16KeptOrWidened) {
   TempDir dir;
-  const std::string path = write_model(dir, "olmoe", DType::BF16);
+  const std::string path = write_hf_checkpoint(dir, "olmoe", DType::BF16);
   HFCausalLM keep = load_hf_model(path);
   HFLoadOptions f32;
   f32.dtype = HFDType::F32;
@@ -132,7 +132,7 @@ TEST(HFLoad, Bf16KeptOrWidened) {
 // never the file.
 TEST(HFLoad, InPlaceChangesStayPrivate) {
   TempDir dir;
-  const std::string path = write_model(dir, "mixtral");
+  const std::string path = write_hf_checkpoint(dir, "mixtral");
   const auto before = testing::read_bytes(path + "/model.safetensors");
   HFCausalLM m = load_hf_model(path);
   const auto ids = ids_for(m);
@@ -161,7 +161,7 @@ long resident_bytes() {
 // twice that.
 TEST(HFLoad, WeightsInTheFileDtypeAreMappedNotCopied) {
   TempDir dir;
-  const std::string path = write_model(dir, "mixtral", DType::F32, 1,
+  const std::string path = write_hf_checkpoint(dir, "mixtral", DType::F32, 1,
                                        R"({"hidden_size": 256, "intermediate_size": 512, "num_local_experts": 8})");
   const long file = static_cast<long>(std::filesystem::file_size(path + "/model.safetensors"));
   ASSERT_GT(file, 20'000'000);
@@ -182,7 +182,7 @@ TEST(HFLoad, WeightsInTheFileDtypeAreMappedNotCopied) {
 
 TEST(HFLoad, OnlyTheTrainableSubsetRequiresGrad) {
   TempDir dir;
-  const std::string path = write_model(dir, "qwen2-moe");
+  const std::string path = write_hf_checkpoint(dir, "qwen2-moe");
   HFLoadOptions o;
   o.trainable = "router";
   HFCausalLM m = load_hf_model(path, o);
@@ -206,7 +206,7 @@ TEST(HFLoad, OnlyTheTrainableSubsetRequiresGrad) {
 // FP8 (E4M3) expert weights with 128x128 block scales are dequantised on load.
 TEST(HFLoad, Fp8WeightsWithBlockScales) {
   TempDir dir;
-  const std::string path = write_model(dir, "deepseek-v3");
+  const std::string path = write_hf_checkpoint(dir, "deepseek-v3");
   const std::string name = "model.layers.1.mlp.experts.3.up_proj.weight";
   const float scale = 0.0625f;
   std::vector<float> want;
@@ -247,7 +247,7 @@ TEST(HFLoad, Fp8WeightsWithBlockScales) {
 
 TEST(HFLoadErrors, UnknownArchitectureNamesTheValue) {
   TempDir dir;
-  const std::string path = write_model(dir, "mixtral");
+  const std::string path = write_hf_checkpoint(dir, "mixtral");
   auto cfg = read_json(path + "/config.json");
   cfg["architectures"] = {"LlamaForCausalLM"};
   write_json(path + "/config.json", cfg);
@@ -259,7 +259,7 @@ TEST(HFLoadErrors, UnknownArchitectureNamesTheValue) {
 
 TEST(HFLoadErrors, ShapeDisagreeingWithConfigNamesFileTensorAndShapes) {
   TempDir dir;
-  const std::string path = write_model(dir, "mixtral");
+  const std::string path = write_hf_checkpoint(dir, "mixtral");
   auto cfg = read_json(path + "/config.json");
   cfg["intermediate_size"] = 40;
   write_json(path + "/config.json", cfg);
@@ -273,7 +273,7 @@ TEST(HFLoadErrors, ShapeDisagreeingWithConfigNamesFileTensorAndShapes) {
 
 TEST(HFLoadErrors, MissingAndExtraTensors) {
   TempDir dir;
-  const std::string path = write_model(dir, "olmoe");
+  const std::string path = write_hf_checkpoint(dir, "olmoe");
   const std::string file = path + "/model.safetensors";
   const auto original = testing::read_bytes(file);
   rewrite(file, [](TensorMap& m) { m.erase("model.layers.1.self_attn.k_norm.weight"); });
@@ -309,7 +309,7 @@ TEST(HFLoadErrors, MissingAndExtraTensors) {
 
 TEST(HFLoadErrors, UnsupportedConfigValuesNameTheField) {
   TempDir dir;
-  const std::string path = write_model(dir, "mixtral");
+  const std::string path = write_hf_checkpoint(dir, "mixtral");
   auto cfg = read_json(path + "/config.json");
   cfg["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32}};
   write_json(path + "/config.json", cfg);
@@ -326,7 +326,7 @@ TEST(HFLoadErrors, UnsupportedConfigValuesNameTheField) {
 TEST(HFLoadErrors, MissingFolderOrConfig) {
   TempDir dir;
   EXPECT_NE(input_error_of([&] { load_hf_model(dir.file("nothing")); }), "");
-  const std::string path = write_model(dir, "mixtral");
+  const std::string path = write_hf_checkpoint(dir, "mixtral");
   std::remove((path + "/config.json").c_str());
   EXPECT_NE(input_error_of([&] { load_hf_model(path); }).find("config.json"), std::string::npos);
 }

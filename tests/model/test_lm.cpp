@@ -15,6 +15,8 @@ namespace moescope {
 namespace {
 
 using testing::max_abs_diff;
+using testing::parameter_count;
+using testing::parameter_shapes;
 
 class TransformerLMTest : public testing::SeededTest {};
 
@@ -23,15 +25,9 @@ LMOptions small() {
       .top_k(2).expert_hidden(8);
 }
 
-std::map<std::string, std::vector<std::int64_t>> shapes(const torch::nn::Module& m) {
-  std::map<std::string, std::vector<std::int64_t>> out;
-  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().sizes().vec();
-  return out;
-}
-
 TEST_F(TransformerLMTest, ParameterNames) {
   TransformerLM lm(small());
-  const auto s = shapes(*lm);
+  const auto s = parameter_shapes(*lm);
   EXPECT_EQ(s.at("tok_emb.weight"), (std::vector<std::int64_t>{17, 16}));
   EXPECT_EQ(s.at("pos_emb.weight"), (std::vector<std::int64_t>{12, 16}));
   EXPECT_EQ(s.at("blocks.0.attn.qkv.weight"), (std::vector<std::int64_t>{48, 16}));
@@ -49,7 +45,7 @@ TEST_F(TransformerLMTest, ParameterNames) {
   EXPECT_EQ(lm->moe_layer(1)->options.experts(), 4);
 
   TransformerLM untied(small().tie_embeddings(false).moe_every(1).ffn_kind(FFNKind::SwiGLU));
-  const auto u = shapes(*untied);
+  const auto u = parameter_shapes(*untied);
   EXPECT_EQ(u.at("lm_head.weight"), (std::vector<std::int64_t>{17, 16}));
   EXPECT_EQ(u.count("blocks.0.moe.experts.1.w_gate.weight"), 1u);
   EXPECT_EQ(untied->moe_blocks().size(), 3u);
@@ -107,7 +103,7 @@ TEST_F(TransformerLMTest, OptionsJsonRoundTrip) {
   EXPECT_EQ(nlohmann::json(back), j);
   EXPECT_EQ(back.moe_every(), 2);
   EXPECT_EQ(back.ffn_kind(), FFNKind::SwiGLU);
-  EXPECT_EQ(shapes(*TransformerLM(back)), shapes(*TransformerLM(o)));
+  EXPECT_EQ(parameter_shapes(*TransformerLM(back)), parameter_shapes(*TransformerLM(o)));
   EXPECT_THROW(nlohmann::json::parse(R"({"layer": 2})").get<LMOptions>(), InputError);
   EXPECT_THROW(nlohmann::json::parse(R"({"type": "classifier"})").get<LMOptions>(), InputError);
 }

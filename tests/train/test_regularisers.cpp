@@ -20,7 +20,7 @@ using testing::max_abs_diff;
 
 class RegularisersTest : public testing::SeededTest {};
 
-const auto kF64 = torch::TensorOptions().dtype(torch::kDouble);
+const auto kDoubleOptions = torch::TensorOptions().dtype(torch::kDouble);
 
 // Central differences of a scalar function of x (float64), element by element, against autograd.
 // Step h = 1e-6: truncation error O(h^2 f''') ~ 1e-12 and rounding error O(eps |f| / h) ~ 1e-10 for the O(1)
@@ -58,16 +58,16 @@ TEST_F(RegularisersTest, LoadBalanceUniformTop1IsOne) {
   const std::int64_t T = 12, N = 4;
   auto idx = torch::arange(T, torch::kLong).remainder(N).unsqueeze(1);  // each expert 3 times
   // Uniform choices make f_i = 1/N, so the loss is sum_i P_i = 1 whatever the probabilities.
-  const auto uniform = torch::full({T, N}, 1.0 / N, kF64);
+  const auto uniform = torch::full({T, N}, 1.0 / N, kDoubleOptions);
   EXPECT_NEAR(switch_load_balancing_loss(uniform, idx, N).item<double>(), 1.0, 1e-15);
-  const auto random = torch::softmax(torch::randn({T, N}, kF64), 1);
+  const auto random = torch::softmax(torch::randn({T, N}, kDoubleOptions), 1);
   EXPECT_NEAR(switch_load_balancing_loss(random, idx, N).item<double>(), 1.0, 1e-14);
 }
 
 TEST_F(RegularisersTest, LoadBalanceCollapsedRoutingIsN) {
   // All tokens to expert 2 with probability 1: f = P = e_2, loss = N.
   const std::int64_t T = 5, N = 6;
-  auto probs = torch::zeros({T, N}, kF64);
+  auto probs = torch::zeros({T, N}, kDoubleOptions);
   probs.select(1, 2).fill_(1.0);
   const auto idx = torch::full({T, 1}, 2, torch::kLong);
   EXPECT_NEAR(switch_load_balancing_loss(probs, idx, N).item<double>(), 6.0, 1e-14);
@@ -75,7 +75,7 @@ TEST_F(RegularisersTest, LoadBalanceCollapsedRoutingIsN) {
 
 TEST_F(RegularisersTest, LoadBalanceTopKMatchesLoops) {
   const std::int64_t T = 7, N = 5, k = 2;
-  const auto probs = torch::softmax(torch::randn({T, N}, kF64), 1);
+  const auto probs = torch::softmax(torch::randn({T, N}, kDoubleOptions), 1);
   const auto idx = std::get<1>(probs.topk(k, 1));
   std::vector<double> f(N, 0.0), P(N, 0.0);
   auto pa = probs.accessor<double, 2>();
@@ -94,7 +94,7 @@ TEST_F(RegularisersTest, LoadBalanceTopKMatchesLoops) {
 TEST_F(RegularisersTest, LoadBalanceGradientIsNfOverT) {
   // f carries no gradient: d/dp_{t,i} of N sum_i f_i mean_t p_{t,i} is N f_i / T for every token.
   const std::int64_t T = 6, N = 4, k = 2;
-  auto probs = torch::softmax(torch::randn({T, N}, kF64), 1).requires_grad_(true);
+  auto probs = torch::softmax(torch::randn({T, N}, kDoubleOptions), 1).requires_grad_(true);
   const auto idx = std::get<1>(probs.detach().topk(k, 1));
   auto loss = switch_load_balancing_loss(probs, idx, N);
   loss.backward();
@@ -112,7 +112,7 @@ TEST_F(RegularisersTest, LoadBalanceGradientIsNfOverT) {
 TEST_F(RegularisersTest, LoadBalanceRoutingWithoutIndicesUsesArgmax) {
   const std::int64_t T = 9, N = 3;
   RoutingInfo r;
-  r.probs = torch::softmax(torch::randn({T, N}, kF64), 1);
+  r.probs = torch::softmax(torch::randn({T, N}, kDoubleOptions), 1);
   const auto top1 = r.probs.argmax(1, true);
   EXPECT_NEAR(switch_load_balancing_loss(r, N).item<double>(),
               switch_load_balancing_loss(r.probs, top1, N).item<double>(), 1e-15);
@@ -122,11 +122,11 @@ TEST_F(RegularisersTest, LoadBalanceRoutingWithoutIndicesUsesArgmax) {
 }
 
 TEST_F(RegularisersTest, LoadBalanceRejectsBadInput) {
-  const auto probs = torch::softmax(torch::randn({4, 3}, kF64), 1);
+  const auto probs = torch::softmax(torch::randn({4, 3}, kDoubleOptions), 1);
   EXPECT_THROW(switch_load_balancing_loss(probs, torch::full({4, 1}, 3, torch::kLong), 3), c10::Error);
   EXPECT_THROW(switch_load_balancing_loss(probs, torch::full({4, 1}, -1, torch::kLong), 3), c10::Error);
   EXPECT_THROW(switch_load_balancing_loss(probs, torch::zeros({4, 1}, torch::kLong), 4), c10::Error);
-  EXPECT_THROW(switch_load_balancing_loss(probs, torch::zeros({4, 1}, kF64), 3), c10::Error);
+  EXPECT_THROW(switch_load_balancing_loss(probs, torch::zeros({4, 1}, kDoubleOptions), 3), c10::Error);
   EXPECT_THROW(switch_load_balancing_loss(RoutingInfo{}, 3), c10::Error);
 }
 
@@ -135,13 +135,13 @@ TEST_F(RegularisersTest, LoadBalanceRejectsBadInput) {
 TEST_F(RegularisersTest, ZLossOfZeroLogitsIsLogNSquared) {
   const std::int64_t N = 8;
   const double expected = std::log(8.0) * std::log(8.0);
-  EXPECT_NEAR(router_z_loss(torch::zeros({5, N}, kF64)).item<double>(), expected, 1e-14);
+  EXPECT_NEAR(router_z_loss(torch::zeros({5, N}, kDoubleOptions)).item<double>(), expected, 1e-14);
   EXPECT_NEAR(router_z_loss(torch::zeros({2, 3, N})).item<double>(), expected, 1e-5);  // float32, [B, S, N]
 }
 
 TEST_F(RegularisersTest, ZLossMatchesLoopsAndGradient) {
   const std::int64_t T = 6, N = 5;
-  const auto x = 2.0 * torch::randn({T, N}, kF64);
+  const auto x = 2.0 * torch::randn({T, N}, kDoubleOptions);
   auto xa = x.accessor<double, 2>();
   double expected = 0.0;
   for (std::int64_t t = 0; t < T; ++t) {
@@ -162,7 +162,7 @@ TEST_F(RegularisersTest, WeightOrthogonalityOfOrthogonalWeightsIsZero) {
   // Four 2x3 matrices with disjoint supports are orthogonal as flattened vectors.
   std::vector<torch::Tensor> w;
   for (std::int64_t e = 0; e < 4; ++e) {
-    auto m = torch::zeros({2, 3}, kF64);
+    auto m = torch::zeros({2, 3}, kDoubleOptions);
     m.view({-1})[e] = 1.5 + e;
     if (e == 0) m.view({-1})[5] = -2.0;
     w.push_back(m);
@@ -172,7 +172,7 @@ TEST_F(RegularisersTest, WeightOrthogonalityOfOrthogonalWeightsIsZero) {
 
 TEST_F(RegularisersTest, WeightOrthogonalityOfIdenticalWeights) {
   // Every pair has <u_i, u_j>^2 = 1: E(E-1)/2 pairs over E^2 is (E-1)/(2E), whatever the scale of each copy.
-  const auto base = torch::randn({3, 4}, kF64);
+  const auto base = torch::randn({3, 4}, kDoubleOptions);
   for (std::int64_t E : {1, 2, 3, 5}) {
     std::vector<torch::Tensor> w;
     for (std::int64_t e = 0; e < E; ++e) w.push_back(base * (e % 2 == 0 ? 0.5 + e : -(1.0 + e)));
@@ -183,7 +183,7 @@ TEST_F(RegularisersTest, WeightOrthogonalityOfIdenticalWeights) {
 TEST_F(RegularisersTest, WeightOrthogonalityMatchesLoopsAndGradient) {
   const std::int64_t E = 4;
   std::vector<torch::Tensor> w;
-  for (std::int64_t e = 0; e < E; ++e) w.push_back(torch::randn({3, 2}, kF64) + 0.3);
+  for (std::int64_t e = 0; e < E; ++e) w.push_back(torch::randn({3, 2}, kDoubleOptions) + 0.3);
   double expected = 0.0;
   for (std::int64_t i = 0; i < E; ++i) {
     for (std::int64_t j = i + 1; j < E; ++j) {
@@ -206,8 +206,8 @@ TEST_F(RegularisersTest, WeightOrthogonalityMatchesLoopsAndGradient) {
 
 TEST_F(RegularisersTest, WeightOrthogonalityEdgeCases) {
   // A zero matrix contributes nothing, and its gradient stays finite.
-  auto zero = torch::zeros({2, 2}, kF64).requires_grad_(true);
-  auto other = torch::randn({2, 2}, kF64);
+  auto zero = torch::zeros({2, 2}, kDoubleOptions).requires_grad_(true);
+  auto other = torch::randn({2, 2}, kDoubleOptions);
   auto loss = weight_orthogonality_loss({zero, other, other});
   EXPECT_NEAR(loss.item<double>(), 1.0 / 9.0, 1e-14);
   loss.backward();
@@ -261,7 +261,7 @@ double guo_orth_loops(const torch::Tensor& x, double eps = 1e-6) {
 TEST_F(RegularisersTest, GuoOrthogonalityOfOrthogonalOutputsIsZero) {
   // Token t's k = 3 outputs are scaled, rotated coordinate axes: mutually orthogonal.
   const std::int64_t T = 4, k = 3, d = 5;
-  auto x = torch::zeros({T, k, d}, kF64);
+  auto x = torch::zeros({T, k, d}, kDoubleOptions);
   for (std::int64_t t = 0; t < T; ++t) {
     for (std::int64_t i = 0; i < k; ++i) x[t][i][(t + i) % d] = (i + 1.0) * (t % 2 == 0 ? 1.0 : -2.0);
   }
@@ -272,8 +272,8 @@ TEST_F(RegularisersTest, GuoOrthogonalityOfParallelOutputsIsMeanSquaredNorm) {
   // x_{t,i} = c_{t,i} v_t: the others span v_t, so each projection keeps all of x_{t,i} and
   // L_o = 1/(kT) sum_t sum_i ||x_{t,i}||^2 (the later parallel residuals are 0 and add no basis vector).
   const std::int64_t T = 3, k = 3, d = 4;
-  const auto v = torch::randn({T, 1, d}, kF64);
-  const auto c = torch::tensor({1.0, -2.0, 0.5, 3.0, 1.5, -1.0, 0.25, 2.0, -0.75}, kF64).view({T, k, 1});
+  const auto v = torch::randn({T, 1, d}, kDoubleOptions);
+  const auto c = torch::tensor({1.0, -2.0, 0.5, 3.0, 1.5, -1.0, 0.25, 2.0, -0.75}, kDoubleOptions).view({T, k, 1});
   const auto x = c * v;
   double expected = 0.0;
   for (std::int64_t t = 0; t < T; ++t) {
@@ -287,24 +287,24 @@ TEST_F(RegularisersTest, GuoOrthogonalityOfParallelOutputsIsMeanSquaredNorm) {
 
 TEST_F(RegularisersTest, GuoOrthogonalityMatchesLoopsAndGradient) {
   for (std::int64_t k : {2, 3, 4}) {
-    const auto x = torch::randn({5, k, 6}, kF64);
+    const auto x = torch::randn({5, k, 6}, kDoubleOptions);
     EXPECT_NEAR(guo_orthogonality_loss(x).item<double>(), guo_orth_loops(x), 1e-13) << "k = " << k;
   }
-  const auto x = torch::randn({3, 3, 4}, kF64);
+  const auto x = torch::randn({3, 3, 4}, kDoubleOptions);
   expect_gradient_matches([](const torch::Tensor& v) { return guo_orthogonality_loss(v); }, x);
 }
 
 TEST_F(RegularisersTest, GuoOrthogonalityEdgeCases) {
   // k = 1 has no other expert to project on.
-  EXPECT_EQ(guo_orthogonality_loss(torch::randn({4, 1, 3}, kF64)).item<double>(), 0.0);
+  EXPECT_EQ(guo_orthogonality_loss(torch::randn({4, 1, 3}, kDoubleOptions)).item<double>(), 0.0);
   // A dropped assignment's zero output adds no direction and has a finite gradient.
-  auto x = torch::randn({2, 3, 4}, kF64);
+  auto x = torch::randn({2, 3, 4}, kDoubleOptions);
   x[0][1].zero_();
   EXPECT_NEAR(guo_orthogonality_loss(x).item<double>(), guo_orth_loops(x), 1e-13);
   auto xg = x.clone().requires_grad_(true);
   guo_orthogonality_loss(xg).backward();
   EXPECT_TRUE(torch::isfinite(xg.grad()).all().item<bool>());
-  EXPECT_THROW(guo_orthogonality_loss(torch::randn({4, 3}, kF64)), c10::Error);
+  EXPECT_THROW(guo_orthogonality_loss(torch::randn({4, 3}, kDoubleOptions)), c10::Error);
   EXPECT_THROW(guo_orthogonality_loss(torch::Tensor()), c10::Error);
 }
 
@@ -329,15 +329,15 @@ double guo_var_loops(const torch::Tensor& logits) {
 TEST_F(RegularisersTest, GuoVarianceClosedForms) {
   // Uniform routing has no variance; one-hot routing s = e_1 has mean 1/N and
   // unbiased variance ((1 - 1/N)^2 + (N-1)/N^2) / (N-1) = 1/N.
-  EXPECT_NEAR(guo_variance(torch::full({3, 4}, 0.7, kF64)).item<double>(), 0.0, 1e-16);
-  auto hard = torch::full({2, 4}, -1000.0, kF64);
+  EXPECT_NEAR(guo_variance(torch::full({3, 4}, 0.7, kDoubleOptions)).item<double>(), 0.0, 1e-16);
+  auto hard = torch::full({2, 4}, -1000.0, kDoubleOptions);
   hard.select(1, 1).fill_(0.0);
   EXPECT_NEAR(guo_variance(hard).item<double>(), 0.25, 1e-14);
-  EXPECT_THROW(guo_variance(torch::zeros({3, 1}, kF64)), c10::Error);
+  EXPECT_THROW(guo_variance(torch::zeros({3, 1}, kDoubleOptions)), c10::Error);
 }
 
 TEST_F(RegularisersTest, GuoVarianceMatchesLoopsAndGradient) {
-  const auto x = torch::randn({6, 5}, kF64);
+  const auto x = torch::randn({6, 5}, kDoubleOptions);
   EXPECT_NEAR(guo_variance(x).item<double>(), guo_var_loops(x), 1e-15);
   EXPECT_NEAR(guo_variance(x.view({2, 3, 5})).item<double>(), guo_var_loops(x), 1e-15);
   expect_gradient_matches([](const torch::Tensor& v) { return guo_variance(v); }, x);
@@ -348,12 +348,12 @@ TEST_F(RegularisersTest, GuoVarianceMatchesLoopsAndGradient) {
 TEST_F(RegularisersTest, CombinedTermsWeightAndSign) {
   const std::int64_t T = 6, N = 4, k = 2;
   RoutingInfo r;
-  r.logits = torch::randn({T, N}, kF64).requires_grad_(true);
+  r.logits = torch::randn({T, N}, kDoubleOptions).requires_grad_(true);
   r.probs = torch::softmax(r.logits, 1);
   r.topk_indices = std::get<1>(r.probs.detach().topk(k, 1));
-  r.expert_outputs = torch::randn({T, k, 3}, kF64);
-  std::vector<torch::Tensor> w{torch::randn({3, 2}, kF64), torch::randn({3, 2}, kF64), torch::randn({3, 2}, kF64),
-                               torch::randn({3, 2}, kF64)};
+  r.expert_outputs = torch::randn({T, k, 3}, kDoubleOptions);
+  std::vector<torch::Tensor> w{torch::randn({3, 2}, kDoubleOptions), torch::randn({3, 2}, kDoubleOptions), torch::randn({3, 2}, kDoubleOptions),
+                               torch::randn({3, 2}, kDoubleOptions)};
 
   RegulariserWeights weights;
   weights.load_balance = 0.01;
@@ -429,12 +429,12 @@ TEST_F(RegularisersTest, ImportanceCvSquaredClosedForms) {
   const std::int64_t N = 4;
   // Uniform importance: 0. All mass on one expert: importance (T, 0, 0, 0), mean T/N, unbiased variance
   // (T^2 (1 - 1/N)^2 + (N - 1) T^2 / N^2) / (N - 1) = T^2 / N, so CV^2 = (T^2 / N) / (T^2 / N^2) = N.
-  EXPECT_NEAR(importance_cv_squared(torch::full({6, N}, 0.25, kF64)).item<double>(), 0.0, 1e-15);
-  auto onehot = torch::zeros({6, N}, kF64);
+  EXPECT_NEAR(importance_cv_squared(torch::full({6, N}, 0.25, kDoubleOptions)).item<double>(), 0.0, 1e-15);
+  auto onehot = torch::zeros({6, N}, kDoubleOptions);
   onehot.select(1, 2).fill_(1.0);
   EXPECT_NEAR(importance_cv_squared(onehot).item<double>(), static_cast<double>(N), 1e-12);
   // Against numbers worked by hand: importance (0.9, 0.6, 0.3, 0.2), mean 0.5, unbiased var 0.3 / 3 = 0.1.
-  const auto p = torch::tensor({{0.5, 0.2, 0.1, 0.2}, {0.4, 0.4, 0.2, 0.0}}, kF64);
+  const auto p = torch::tensor({{0.5, 0.2, 0.1, 0.2}, {0.4, 0.4, 0.2, 0.0}}, kDoubleOptions);
   EXPECT_NEAR(importance_cv_squared(p).item<double>(), 0.1 / 0.25, 1e-12);
 }
 
