@@ -142,6 +142,29 @@ def short(key):
     return key.rsplit(".", 1)[-1]
 
 
+def axis_label(text, width=28):
+    """A long metric name (landscape_1d.surface_test_max_increase) broken after a '.' or '_' so that it fits
+    beside an axis of a small figure instead of running off its edges."""
+    if len(text) <= width:
+        return text
+    lines, rest = [], text
+    while len(rest) > width:
+        cut = max(rest.rfind(".", 0, width + 1), rest.rfind("_", 0, width + 1))
+        if cut <= 0:
+            break
+        lines.append(rest[:cut + 1])
+        rest = rest[cut + 1:]
+    return "\n".join(lines + [rest])
+
+
+def legend_above_data(ax, rows):
+    """Room above the data (its error bars included) for a legend of `rows` lines at the top of the axes, so the
+    legend never covers a bar or a point; returns the loc to give it."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + (0.1 + 0.09 * rows) * (hi - lo))
+    return "upper left"
+
+
 def combo_text(keys, combo):
     return ", ".join(f"{short(k)} = {v if isinstance(v, str) else f'{v:g}'}" for k, v in zip(keys, combo))
 
@@ -215,7 +238,7 @@ def plot_metric_vs_strength(t, out, m):
             ax.set_title(combo_text(t.panel_axes, pc), fontsize=7)
         ax.set_xlabel(f"{t.strength} (strength)", fontsize=6.5)
         if pi % cols == 0:
-            ax.set_ylabel(t.labels[m])
+            ax.set_ylabel(axis_label(t.labels[m]))
     hide_unused(axes, P)
     if max_seeds >= 2:
         note = f"mean ± s.d. over seeds (up to {max_seeds})"
@@ -237,7 +260,7 @@ def plot_metric_vs_strength(t, out, m):
         spare.axis("off")
         spare.legend(handles, labels, loc="center", **kw)
     else:
-        first.legend(loc="best", **kw)
+        first.legend(loc=legend_above_data(first, len(labels) + bool(t.line_axes)), **kw)
     fig.suptitle(f"{t.labels[m]} vs {short(t.strength)}")
     out.save(fig, f"sweep_{m}")
 
@@ -271,14 +294,15 @@ def plot_metric_bars(t, out, m):
     ax.set_xticklabels([combo_text(keys[:1], gc) if keys else "all points" for gc in groups],
                        rotation=30 if G > 3 else 0, ha="right" if G > 3 else "center", fontsize=6)
     ax.set_xlabel(keys[0] if keys else "")
-    ax.set_ylabel(t.labels[m])
+    ax.set_ylabel(axis_label(t.labels[m]))
     note = (f"mean ± s.d. over seeds (up to {max_seeds})" if max_seeds >= 2
             else "bars: ±1 s.e. of the estimate" if se_col is not None else "one run per point")
     if keys[1:]:
-        ax.legend(loc="best", title=note)
+        ncol = min(B, 4)
+        ax.legend(loc=legend_above_data(ax, 1 + -(-B // ncol)), title=note, ncol=ncol)
     else:
         ax.plot([], [], " ", label=note)
-        ax.legend(loc="best", handlelength=0)
+        ax.legend(loc=legend_above_data(ax, 1), handlelength=0)
     ax.set_title(t.labels[m])
     out.save(fig, f"sweep_{m}")
 

@@ -972,6 +972,27 @@ class TestSweep(Base):
         np.testing.assert_allclose([b.get_height() for b in ax.patches], want, rtol=1e-14)
         self.assertEqual([t.get_text() for t in ax.get_xticklabels()],
                          ["head = dense", "head = sparse", "head = soft"])
+        # The note ("mean ± s.d. over seeds") sits above the bars and their error bars, never on them: before,
+        # loc="best" put it over accuracy bars that fill the axes.
+        fig = figs["sweep_test_acc"]
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = ax.get_legend().get_window_extent(renderer)
+        boxes = [b.get_window_extent(renderer) for b in ax.patches]
+        boxes += [ln.get_window_extent(renderer) for ln in ax.lines if len(ln.get_xdata())]  # the caps
+        for c in ax.collections:  # the error bars (a LineCollection has no window extent of its own)
+            boxes += [matplotlib.transforms.Bbox(ax.transData.transform(seg)) for seg in c.get_segments()]
+        self.assertEqual(len(boxes), 3 + 2 + 3)
+        for box in boxes:
+            self.assertFalse(legend.overlaps(box), f"the legend {legend} covers data at {box}")
+
+    def test_long_metric_names_wrap_beside_the_axis(self):
+        self.assertEqual(sweep.axis_label("test_acc"), "test_acc")
+        self.assertEqual(sweep.axis_label("landscape_1d.surface_test_max_increase"),
+                         "landscape_1d.surface_test_\nmax_increase")
+        self.assertEqual(sweep.axis_label("landscape_2d.surface_train_centre_loss"),
+                         "landscape_2d.surface_train_\ncentre_loss")
+        self.assertEqual(sweep.axis_label("x" * 40), "x" * 40)  # nowhere to break: left as it is
 
     def test_sweep_pair_option_and_missing_metric(self):
         p = self.path("sweep.h5")
