@@ -74,9 +74,7 @@ function(moescope_sanitizer_tests)
   add_executable(test_parsers ${_src} ${CMAKE_SOURCE_DIR}/tests/support/fixtures.cpp)
   target_include_directories(test_parsers PRIVATE ${CMAKE_SOURCE_DIR}/tests)
   target_link_libraries(test_parsers PRIVATE moescope_base GTest::gtest GTest::gtest_main)
-  if(MOESCOPE_UNITY)
-    set_target_properties(test_parsers PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 8)
-  endif()
+  moescope_unity_build(test_parsers)
   # none of these tests runs the CLI (tests/support's run_moescope is linked, not called): no dependency on it
   target_compile_definitions(test_parsers PRIVATE MOESCOPE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
                              MOESCOPE_BIN_PATH="$<TARGET_FILE:moescope>")
